@@ -1,0 +1,259 @@
+"""The ``changekit`` command line: each command is a few lines over the Python API.
+
+User errors (:class:`~changekit.errors.ChangekitError`) print one line ``error: ...`` and exit with code 2;
+``--debug`` (anywhere on the line) shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .errors import ChangekitError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Deep-learning change detection for remote-sensing image pairs.")
+data_app = typer.Typer(no_args_is_help=True, help="Data tools: check, tile, merge, lists, synth.")
+app.add_typer(data_app, name="data")
+
+Out = Annotated[Path, typer.Option("--out", "-o", help="output folder or file")]
+
+
+@app.command()
+def train(
+    config: Annotated[Path, typer.Argument(help="YAML config")],
+    out: Out = Path("runs/run"),
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="override, e.g. trainer.max_epochs=2")] = None,
+    resume: Annotated[bool, typer.Option(help="continue the run in --out from its last checkpoint")] = False,
+) -> None:
+    """Train a model from a config; checkpoints, logs and model.ckpt go to --out."""
+    from .engine.train import train as _train
+
+    result = _train(config, out, overrides=set_ or [], resume=resume)
+    typer.echo(f"checkpoint: {result.get('checkpoint')}  best {result['monitor']}: {result['best_score']}")
+
+
+@app.command()
+def test(
+    ckpt: Annotated[Path, typer.Option(help="checkpoint (model.ckpt, best.ckpt or last.ckpt)")],
+    out: Out,
+    data: Annotated[Optional[Path], typer.Option(help="labelled folder or list file (default: config's test)")] = None,
+    batch_size: Annotated[Optional[int], typer.Option()] = None,
+    no_report: Annotated[bool, typer.Option("--no-report")] = False,
+) -> None:
+    """Evaluate a checkpoint: OUT/metrics.json and OUT/report.html."""
+    from .engine.evaluate import test as _test
+
+    res = _test(ckpt, out, data=data, batch_size=batch_size, report=not no_report)
+    typer.echo(" ".join(f"{k}={res[k]:.4f}" for k in ("f1", "iou", "precision", "recall", "oa", "kappa")))
+    typer.echo(f"metrics: {out / 'metrics.json'}")
+
+
+@app.command()
+def predict(
+    ckpt: Annotated[Path, typer.Option(help="checkpoint")],
+    a: Annotated[Path, typer.Option("--a", help="date-A image or folder")],
+    b: Annotated[Path, typer.Option("--b", help="date-B image or folder")],
+    out: Out,
+    tile: int = 512, overlap: int = 64, batch_size: int = 4,
+    threshold: Annotated[Optional[float], typer.Option()] = None,
+    prob: Annotated[bool, typer.Option("--prob", help="also write probability maps")] = False,
+    overlay: Annotated[bool, typer.Option("--overlay", help="also write coloured overlays")] = False,
+    device: Annotated[Optional[str], typer.Option()] = None,
+) -> None:
+    """Write 0/255 change masks (PNG, or GeoTIFF keeping the CRS) named by stem."""
+    from .engine.predict import predict as _predict
+
+    files = _predict(ckpt, a, b, out, tile=tile, overlap=overlap, batch_size=batch_size, threshold=threshold,
+                     save_prob=prob, save_overlay=overlay, device=device)
+    typer.echo(f"wrote {len(files)} mask(s) to {out}")
+
+
+@app.command("eval-masks")
+def eval_masks(
+    pred: Annotated[Path, typer.Option(help="folder of predicted masks")],
+    gt: Annotated[Path, typer.Option(help="folder of labels")],
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="metrics JSON")] = None,
+    task: Annotated[str, typer.Option(help="binary or semantic")] = "binary",
+    num_classes: Annotated[Optional[int], typer.Option(help="semantic: number of classes")] = None,
+    ignore_index: Annotated[int, typer.Option(help="semantic: ignore value of the class maps")] = 255,
+) -> None:
+    """Evaluate saved masks of any method against labels (matching stems)."""
+    from .evaluation import eval_masks as _eval
+
+    res = _eval(pred, gt, out=out, task=task, num_classes=num_classes, ignore_index=ignore_index)
+    typer.echo(json.dumps({k: v for k, v in res.items() if k != "confusion"}, indent=2, default=str))
+
+
+@app.command()
+def models(
+    as_json: Annotated[bool, typer.Option("--json", help="JSON list of {name, task, params}")] = False,
+    filter_: Annotated[str, typer.Option("--filter")] = "",
+) -> None:
+    """List the registered models with their task and parameter count."""
+    from .models import list_models, model_info
+
+    infos = [model_info(n) for n in list_models(filter_) if not n.startswith("_")]
+    if as_json:
+        typer.echo(json.dumps(infos, indent=2))
+        return
+    for i in infos:
+        typer.echo(f"{i['name']:<24} {i['task']:<9} {i['params']:>13,d}")
+
+
+@app.command()
+def bench(
+    model: Annotated[str, typer.Argument(help="registered model name")],
+    size: int = 256, batch: int = 8, device: str = "cpu", iters: int = 5, warmup: int = 2,
+    channels_last: Annotated[bool, typer.Option("--channels-last")] = False,
+    amp: Annotated[bool, typer.Option("--amp", help="bf16 autocast")] = False,
+    no_train: Annotated[bool, typer.Option("--no-train", help="skip the training step")] = False,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Inference pairs/s, one training step's time and peak memory on random input."""
+    from .bench import benchmark, format_bench
+
+    res = benchmark(model, size=size, batch=batch, device=device, iters=iters, warmup=warmup,
+                    channels_last=channels_last, amp=amp, train_step=not no_train)
+    typer.echo(json.dumps(res, indent=2, default=str) if as_json else format_bench(res))
+
+
+@app.command()
+def demo(
+    out: Out = Path("demo_out"),
+    minutes: Annotated[float, typer.Option(help="training time budget")] = 3.0,
+    seed: int = 0,
+) -> None:
+    """Generate data, train fc_siam_diff briefly, evaluate, predict a large scene, print F1."""
+    from .demo import run_demo
+
+    res = run_demo(out, minutes=minutes, seed=seed)
+    typer.echo(f"test F1 (change class): {res['f1']:.4f}  IoU: {res['iou']:.4f}  kappa: {res['kappa']:.4f}")
+    typer.echo(f"report: {res['report']}")
+    typer.echo(f"large-scene prediction: {res['scene_mask']}")
+
+
+@data_app.command("check")
+def data_check(
+    source: Annotated[Path, typer.Argument(help="pair folder or path-list file")],
+    root: Annotated[Optional[Path], typer.Option(help="root for relative list paths")] = None,
+    layout: str = "auto",
+) -> None:
+    """Summarise a data set (pairs, sizes, change ratio) and list every problem found."""
+    from .data.check import check_dataset, format_summary
+
+    summary = check_dataset(source, root=root, layout=layout)
+    typer.echo(format_summary(summary))
+    if summary.get("problems"):
+        raise typer.Exit(code=1)
+
+
+@data_app.command("tile")
+def data_tile(
+    src: Annotated[Path, typer.Argument(help="pair folder (A/B/label, im1/im2/label1/label2, ...)")],
+    out: Out, size: int = 512, stride: Annotated[Optional[int], typer.Option()] = None,
+    layout: str = "auto", overwrite: bool = False,
+) -> None:
+    """Cut every image of a pair folder into size x size tiles (ClearSCD's edge rule)."""
+    from .data.tiling import tile_folder
+
+    tile_folder(src, out, size=size, stride=stride or size, layout=layout, overwrite=overwrite)
+    typer.echo(f"tiled into {out} (positions in {out / 'tiles.json'})")
+
+
+@data_app.command("merge")
+def data_merge(
+    tiles: Annotated[Path, typer.Argument(help="folder of tile predictions")],
+    out: Out,
+    tiles_json: Annotated[Optional[Path], typer.Option(help="tiles.json written by `data tile`")] = None,
+    mode: Annotated[str, typer.Option(help="mean (average overlaps) or vote (majority class)")] = "mean",
+    rule: Annotated[str, typer.Option(help="0/255 masks: majority, or changeclip (the seed's merge)")] = "majority",
+    overwrite: bool = False,
+) -> None:
+    """Stitch tile predictions back into full images, averaging overlaps."""
+    from .data.tiling import merge_tiles
+
+    files = merge_tiles(tiles, out, tiles_json=tiles_json, mode=mode, rule=rule, overwrite=overwrite)
+    typer.echo(f"merged {len(files)} image(s) into {out}")
+
+
+@data_app.command("lists")
+def data_lists(
+    root: Annotated[Path, typer.Argument(help="pair folder")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="list file")],
+    fmt: Annotated[str, typer.Option("--format", help="paths or stems")] = "paths",
+    absolute: bool = False, layout: str = "auto",
+) -> None:
+    """Write a path list (A B label per line) or a stem list."""
+    from .data.lists import write_lists
+
+    write_lists(root, out, layout=layout, fmt=fmt, absolute=absolute)
+    typer.echo(f"wrote {out}")
+
+
+@data_app.command("synth")
+def data_synth(
+    out: Out, n: int = 100, size: int = 256, seed: int = 0,
+    semantic: Annotated[bool, typer.Option("--semantic", help="also write both dates' class maps")] = False,
+) -> None:
+    """Generate procedural bi-temporal scenes with exact change labels."""
+    from .data.synthetic import synthesize
+
+    synthesize(out, n=n, size=size, seed=seed, semantic=semantic)
+    typer.echo(f"wrote {n} pairs to {out}")
+
+
+def _one_line(exc: BaseException) -> str:
+    """The user-facing line of an error, also when a DataLoader worker wrapped it with a traceback."""
+    lines = [ln for ln in str(exc).splitlines() if ln.strip()]
+    last = lines[-1] if lines else exc.__class__.__name__
+    if len(lines) > 1 and ": " in last and last.split(": ", 1)[0].rsplit(".", 1)[-1].endswith("Error"):
+        last = last.split(": ", 1)[1]
+    return last
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``changekit`` console script."""
+    import click
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    if debug:
+        args.remove("--debug")
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:  # Lightning prints its own INFO lines; don't echo them twice
+        handler.setLevel(logging.DEBUG if debug else logging.WARNING)
+    if not debug:
+        logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # no "GPU available: False" chatter
+        warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+        warnings.filterwarnings("ignore", message=".*log_every_n_steps.*")
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    try:
+        rc = app(args=args, prog_name="changekit", standalone_mode=False)
+    except click.exceptions.UsageError as exc:
+        exc.show()
+        return 2
+    except click.exceptions.Abort:
+        typer.echo("aborted", err=True)
+        return 1
+    except ChangekitError as exc:
+        if debug:
+            raise
+        typer.echo(f"error: {_one_line(exc)}", err=True)
+        return 2
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        return 130
+    return rc if isinstance(rc, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

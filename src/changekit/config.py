@@ -1,0 +1,214 @@
+"""Run configuration: plain YAML mirrored onto one documented default tree.
+
+A config file holds any subset of :data:`DEFAULTS`; missing keys take the defaults, unknown keys are an error
+that suggests the closest known key (a typo must never be silently ignored). ``model`` holds the registry name
+plus the model's own constructor arguments (checked by the registry), and ``loss`` a list of loss terms
+(checked by :func:`changekit.losses.build_loss`). ``--set a.b=value`` overrides parse ``value`` as YAML.
+A file may start from another with ``_base_: relative/path.yaml``.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import re
+
+import yaml
+
+from .errors import ConfigError, DatasetNotFoundError, suggest
+
+
+class _Loader(yaml.SafeLoader):
+    """Safe YAML loader that also reads ``1e-3`` as a float (YAML 1.1 needs a dot: ``1.0e-3``)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def yaml_load(text: str) -> Any:
+    """Parse YAML text with :class:`_Loader`."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+
+DEFAULTS: dict[str, Any] = {
+    "model": {"name": "fc_siam_diff"},
+    "data": {
+        "train": None,  # folder (A|B|label, time1|time2|label, im1|im2|label1|label2) or path-list file
+        "val": None,
+        "test": None,
+        "root": None,  # root that relative paths in list files resolve against
+        "layout": "auto",
+        "task": "binary",  # binary | semantic
+        "ignore_index": 255,  # ignore value of semantic class maps (the change mask always uses 255)
+        "classes": None,  # semantic: path to a classes.yaml (names, colours, ignore)
+        "batch_size": 8,
+        "val_batch_size": None,  # None: same as batch_size
+        "num_workers": 2,
+        "mean": IMAGENET_MEAN,
+        "std": IMAGENET_STD,
+        "augment": "none",  # preset name (none, flips, standard, ...) or a list of ops
+        "check_values": True,  # decode every label once to check its values
+        "drop_last": False,
+    },
+    "loss": [{"name": "ce"}],
+    "optim": {
+        "name": "adamw",  # adamw | adam | sgd
+        "lr": 1e-3,
+        "weight_decay": 1e-4,
+        "betas": [0.9, 0.999],
+        "momentum": 0.9,  # sgd only
+        "no_decay_keys": [],  # parameter-name substrings with weight decay 0 (e.g. norm, pos_embed)
+        "no_decay_bias_norm": False,  # also no decay on biases and 1-d (norm) parameters
+    },
+    "schedule": {
+        "name": "poly",  # none | poly | step | cosine | linear
+        "interval": "step",  # step (per iteration) | epoch
+        "power": 0.9,  # poly
+        "step_size": 10,  # step: in units of `interval`
+        "gamma": 0.1,  # step
+        "min_lr": 0.0,  # poly / cosine floor
+        "warmup": 0,  # warm-up length, in `warmup_unit`
+        "warmup_unit": "step",  # step | epoch
+        "warmup_factor": 1e-3,  # lr factor at the first warm-up iteration (linear to 1)
+    },
+    "trainer": {
+        "max_epochs": 10,
+        "max_steps": -1,  # > 0: iteration-based schedule (overrides max_epochs)
+        "max_time_minutes": None,  # stop (cleanly, with checkpoints) after this much wall time
+        "val_every_epochs": 1,
+        "val_every_steps": None,  # iteration-based validation interval
+        "monitor": "val/f1",
+        "mode": "max",
+        "threshold": 0.5,  # change probability threshold for metrics and masks
+        "precision": "32-true",  # 32-true | bf16-mixed | 16-mixed
+        "accelerator": "auto",
+        "devices": "auto",
+        "strategy": "auto",  # auto | ddp | ddp_find_unused_parameters_true | ...
+        "num_nodes": 1,
+        "seed": 42,
+        "deterministic": False,
+        "log_every_n_steps": 10,
+        "gradient_clip_val": None,
+        "accumulate_grad_batches": 1,
+        "channels_last": False,
+        "checkpoint_every_steps": None,  # also write last.ckpt every N steps (resume after a kill mid-epoch)
+        "progress_bar": True,
+        "limit_train_batches": None,
+        "limit_val_batches": None,
+        "ema": {"enabled": False, "beta": 0.9999, "update_after_step": 0, "update_every": 1, "warmup_power": None},
+    },
+    "init_from": None,  # checkpoint whose model weights initialise this run (fine-tuning)
+}
+
+_FREE_SECTIONS = {"model"}  # keys checked elsewhere (model constructor)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
+    """Read a YAML config (or start from the defaults), apply ``key=value`` overrides and validate.
+
+    Raises:
+        DatasetNotFoundError: the file does not exist.
+        ConfigError: unknown keys, malformed YAML or overrides.
+    """
+    user: dict[str, Any] = _read_yaml_with_base(Path(path)) if path is not None else {}
+    for item in overrides or []:
+        set_by_path(user, *parse_override(item))
+    return resolve(user)
+
+
+def resolve(user: dict[str, Any]) -> dict[str, Any]:
+    """Merge a user config onto :data:`DEFAULTS` and check every key."""
+    cfg = copy.deepcopy(DEFAULTS)
+    _merge(cfg, user, DEFAULTS, prefix="")
+    if not isinstance(cfg["loss"], list) or not all(isinstance(t, dict) and "name" in t for t in cfg["loss"]):
+        raise ConfigError("config key 'loss' must be a list of mappings, each with a 'name'")
+    if not cfg["model"].get("name"):
+        raise ConfigError("config key 'model.name' is required (see `changekit models`)")
+    return cfg
+
+
+def _read_yaml_with_base(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    if not path.is_file():
+        raise DatasetNotFoundError(f"{path}: config file not found")
+    try:
+        data = yaml_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config must be a mapping, got {type(data).__name__}")
+    base = data.pop("_base_", None)
+    if base is None:
+        return data
+    base_path = (path.parent / base).resolve()
+    if base_path in seen:
+        raise ConfigError(f"{path}: _base_ cycle through {base_path}")
+    merged = _read_yaml_with_base(base_path, (*seen, base_path))
+    _deep_update(merged, data)
+    return merged
+
+
+def _deep_update(dst: dict[str, Any], src: dict[str, Any]) -> None:
+    for key, value in src.items():
+        if isinstance(value, dict) and isinstance(dst.get(key), dict) and key != "model":
+            _deep_update(dst[key], value)
+        elif key == "model" and isinstance(value, dict) and isinstance(dst.get(key), dict):
+            # a different model name starts its kwargs afresh; the same name merges
+            if value.get("name", dst[key].get("name")) != dst[key].get("name"):
+                dst[key] = copy.deepcopy(value)
+            else:
+                dst[key].update(value)
+        else:
+            dst[key] = copy.deepcopy(value)
+
+
+def _merge(dst: dict[str, Any], src: dict[str, Any], schema: dict[str, Any], prefix: str) -> None:
+    for key, value in src.items():
+        full = f"{prefix}{key}"
+        if key not in schema:
+            raise ConfigError(f"unknown config key '{full}'{suggest(key, schema)}")
+        if key in _FREE_SECTIONS and not prefix:
+            if not isinstance(value, dict):
+                raise ConfigError(f"config key '{full}' must be a mapping with at least 'name'")
+            dst[key] = copy.deepcopy(value)
+        elif isinstance(schema[key], dict) and schema[key]:
+            if not isinstance(value, dict):
+                raise ConfigError(f"config key '{full}' must be a mapping, got {value!r}")
+            _merge(dst[key], value, schema[key], prefix=f"{full}.")
+        else:
+            dst[key] = copy.deepcopy(value)
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """``"a.b=3"`` -> ``("a.b", 3)``; the value is parsed as YAML (numbers, lists, null...)."""
+    if "=" not in item:
+        raise ConfigError(f"override '{item}' must look like key=value (e.g. trainer.max_epochs=2)")
+    key, raw = item.split("=", 1)
+    try:
+        value = yaml_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def set_by_path(cfg: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``cfg[a][b] = value`` for ``dotted = "a.b"``, creating mappings as needed."""
+    parts = dotted.split(".")
+    node = cfg
+    for part in parts[:-1]:
+        if not isinstance(node.get(part), dict):
+            node[part] = {}
+        node = node[part]
+    node[parts[-1]] = value
+
+
+def dump_config(cfg: dict[str, Any]) -> str:
+    """The resolved config as YAML (key order kept)."""
+    return yaml.safe_dump(cfg, sort_keys=False)

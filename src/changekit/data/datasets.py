@@ -1,0 +1,258 @@
+"""``ChangeDataset``: validated image pairs as the sample dicts of ``docs/architecture.md``.
+
+An item is ``{"image_a", "image_b": float32 [C, H, W], "mask": int64 [H, W] (0/1, 255 = ignore), "stem"}`` plus
+``sem_a`` / ``sem_b`` (int64 class maps) for ``task="semantic"``. The joint ``transform`` sees numpy arrays
+(``image_*`` HWC in the file's dtype, ``mask`` / ``sem_*`` HW uint8 with labels already converted to 0/1/255)
+*before* normalisation, so geometric augmentations stay exact on integers and normalisation happens once, as
+one vectorised op per image.
+
+Pixel scaling: values are divided by ``value_scale`` (default: 255 for uint8, the dtype's maximum for other
+integer types, e.g. 65535 for uint16; 1 for floats, which are taken as already in [0, 1]) and then normalised
+with ``(x - mean) / std``. For 12- or 14-bit sensors stored as uint16, pass the sensor's range (e.g. 10000 for
+Sentinel-2 reflectance) and matching mean/std.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ..errors import ConfigError, LabelValueError, SizeMismatchError
+from .check import (
+    HIUCD_SEM_IGNORE,
+    binary_lut,
+    check_binary_values,
+    derive_change,
+    encoding_from_counts,
+    read_raw_labels,
+    require_semantic,
+    validate_pairs,
+)
+from .discover import PairRecord, discover
+from .io import read_image
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+TASKS = ("binary", "semantic")
+ENCODINGS = ("auto", "0/255", "0/1")
+Transform = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
+
+
+def dtype_scale(dtype: np.dtype) -> float:
+    """Full-scale value of a pixel dtype: 255 for uint8, the integer maximum otherwise, 1.0 for floats."""
+    dtype = np.dtype(dtype)
+    if dtype == np.bool_:
+        return 1.0
+    if np.issubdtype(dtype, np.integer):
+        return float(np.iinfo(dtype).max)
+    return 1.0
+
+
+class ChangeDataset(Dataset):
+    """Bi-temporal pairs of a folder, path list or record list, validated once at construction.
+
+    Args:
+        source: dataset folder, path-list / stem-list file, or a sequence of :class:`PairRecord`.
+        root: root folder for lists (see :func:`changekit.data.discover.discover`).
+        layout: ``"auto"`` or a layout name (``"A|B|label"``, ``"second"``, ...).
+        task: ``"binary"`` (``mask`` only; semantic sets give their change mask) or ``"semantic"``.
+        transform: joint augmentation on numpy arrays, applied before normalisation.
+        mean, std: per-channel normalisation after scaling to [0, 1] (ImageNet by default).
+        validate: check sizes, channels and CRSs of every pair now (header reads only).
+        check_values: also decode every label and check its values (parallel); this also fixes the binary
+            encoding for the whole set.
+        cache: keep decoded arrays in memory (per DataLoader worker) for small sets that are read every epoch.
+        ignore_index: ignore value of ``sem_a`` / ``sem_b`` in items (0..255).
+        num_classes: number of semantic classes, to check class values against (optional).
+        label_encoding: ``"auto"``, ``"0/255"`` (255 = change) or ``"0/1"`` (255 = ignore). ``"auto"`` decides
+            for the whole set when values are checked, else per file (a file with a 1 is 0/1).
+        sem_ignore_value: value marking "ignore" in semantic label files; it becomes ``ignore_index``
+            (default: ``ignore_index``; 9 for Hi-UCD 3-channel masks).
+        value_scale: divide pixels by this before mean/std (default: by dtype, see module docstring).
+        require_labels: False accepts unlabelled pairs (prediction); their items have no ``mask``.
+        workers: threads for validation (default: CPU count, at most 8).
+    """
+
+    def __init__(
+        self,
+        source: str | Path | Sequence[PairRecord],
+        root: str | Path | None = None,
+        layout: str = "auto",
+        task: str = "binary",
+        transform: Transform | None = None,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        validate: bool = True,
+        check_values: bool = True,
+        cache: bool = False,
+        ignore_index: int = 255,
+        num_classes: int | None = None,
+        label_encoding: str = "auto",
+        sem_ignore_value: int | None = None,
+        value_scale: float | None = None,
+        require_labels: bool = True,
+        workers: int | None = None,
+    ) -> None:
+        if task not in TASKS:
+            raise ConfigError(f"task '{task}' is unknown; use one of {', '.join(TASKS)}")
+        if label_encoding not in ENCODINGS:
+            raise ConfigError(f"label_encoding '{label_encoding}' is unknown; use one of {', '.join(ENCODINGS)}")
+        if not 0 <= ignore_index <= 255:
+            raise ConfigError(f"ignore_index must be in 0..255 (labels are 8-bit), got {ignore_index}")
+        if len(mean) != len(std) or not len(mean) or any(s <= 0 for s in std):
+            raise ConfigError(f"mean {tuple(mean)} and std {tuple(std)} need the same length and std > 0")
+        if value_scale is not None and value_scale <= 0:
+            raise ConfigError(f"value_scale must be > 0, got {value_scale}")
+        self.task, self.transform, self.cache = task, transform, cache
+        self.ignore_index, self.num_classes, self.sem_ignore_value = ignore_index, num_classes, sem_ignore_value
+        self.mean = np.asarray(mean, np.float32)
+        self.std = np.asarray(std, np.float32)
+        self.value_scale = value_scale
+        self._cache: dict[int, dict[str, np.ndarray]] = {}
+        self._norm: dict[tuple[str, float], tuple[torch.Tensor, torch.Tensor]] = {}
+
+        if isinstance(source, str | Path):
+            found = discover(source, root=root, layout=layout, require_labels=require_labels)
+            self.source: str = str(found.source)
+            self.layout: str = found.layout
+            self.records: list[PairRecord] = found.records
+        else:
+            self.source, self.layout, self.records = "records", "records", list(source)
+            if not self.records:
+                raise ConfigError("ChangeDataset got an empty record list")
+        if require_labels and (unl := [r for r in self.records if not r.has_labels]):
+            raise ConfigError(f"{unl[0].a}: pair '{unl[0].stem}' has no label; pass require_labels=False")
+        if task == "semantic":
+            require_semantic(self.records, f"{self.source} (layout {self.layout})")
+        self.label_encoding = label_encoding
+        if validate:
+            report = validate_pairs(self.records, task=task, check_values=check_values,
+                                    ignore_index=ignore_index, num_classes=num_classes, workers=workers)
+            if label_encoding == "auto" and report.encoding is not None and check_values:
+                self.label_encoding = report.encoding
+            if report.channels is not None and report.channels != len(self.mean):
+                raise ConfigError(
+                    f"{self.records[0].a}: images have {report.channels} channel(s) but mean/std have "
+                    f"{len(self.mean)} values; pass mean and std with {report.channels} values"
+                )
+        self._lut = binary_lut(self.label_encoding) if self.label_encoding != "auto" else None
+        log.info("%s: %d pairs (layout %s, task %s, labels %s)", self.source, len(self.records), self.layout,
+                 task, self.label_encoding)
+
+    # ------------------------------------------------------------------------------------------- access
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @property
+    def stems(self) -> list[str]:
+        return [r.stem for r in self.records]
+
+    def pair(self, i: int) -> PairRecord:
+        """The :class:`PairRecord` behind item ``i``."""
+        return self.records[i]
+
+    def __repr__(self) -> str:
+        return f"ChangeDataset({self.source!r}, pairs={len(self)}, layout={self.layout!r}, task={self.task!r})"
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"index {i} out of range for {len(self)} pairs")
+        i = i % len(self)
+        arrays = self.load_arrays(i)
+        if self.transform is not None:
+            arrays = self.transform({k: v.copy() for k, v in arrays.items()} if self.cache else arrays)
+            if not isinstance(arrays, dict) or not all(isinstance(arrays.get(k), np.ndarray)
+                                                       for k in ("image_a", "image_b")):
+                raise ConfigError("transform must return a dict of numpy arrays with 'image_a' and 'image_b'")
+        item: dict[str, Any] = {}
+        for key, val in arrays.items():
+            if key in ("image_a", "image_b"):
+                item[key] = self._normalise(val, self.records[i].a)
+            elif key in ("mask", "sem_a", "sem_b"):
+                item[key] = torch.from_numpy(np.asarray(val).astype(np.int64))
+            else:
+                item[key] = val
+        item["stem"] = self.records[i].stem
+        return item
+
+    def load_arrays(self, i: int) -> dict[str, np.ndarray]:
+        """Decoded arrays of pair ``i`` as the transform receives them (labels converted, not normalised)."""
+        if self.cache and i in self._cache:
+            return self._cache[i]
+        rec = self.records[i]
+        out = {"image_a": read_image(rec.a), "image_b": read_image(rec.b)}
+        if out["image_a"].shape[:2] != out["image_b"].shape[:2]:
+            raise SizeMismatchError(f"{rec.a} is {out['image_a'].shape[:2]} but {rec.b} is {out['image_b'].shape[:2]}")
+        if rec.has_labels:
+            out.update(self._labels(rec))
+            for key in ("mask", "sem_a", "sem_b"):
+                if key in out and out[key].shape != out["image_a"].shape[:2]:
+                    raise SizeMismatchError(f"{rec.label}: label is {out[key].shape} but {rec.a} is "
+                                            f"{out['image_a'].shape[:2]} (HxW)")
+        if self.cache:
+            self._cache[i] = out
+        return out
+
+    # ---------------------------------------------------------------------------------------- internals
+
+    def _labels(self, rec: PairRecord) -> dict[str, np.ndarray]:
+        raw = read_raw_labels(rec)
+        out: dict[str, np.ndarray] = {}
+        if "sem_a" in raw and "sem_b" in raw:
+            default = HIUCD_SEM_IGNORE if rec.label_kind == "hiucd" else self.ignore_index
+            file_ignore = default if self.sem_ignore_value is None else self.sem_ignore_value
+            sem_a, sem_b = raw["sem_a"], raw["sem_b"]
+            if file_ignore != self.ignore_index:
+                sem_a = np.where(sem_a == file_ignore, self.ignore_index, sem_a).astype(np.uint8)
+                sem_b = np.where(sem_b == file_ignore, self.ignore_index, sem_b).astype(np.uint8)
+            if self.task == "semantic":
+                out["sem_a"], out["sem_b"] = sem_a, sem_b
+            if "change" not in raw:
+                out["mask"] = derive_change(sem_a, sem_b, self.ignore_index)
+        if "change" in raw:
+            path = rec.change if rec.label_kind == "semantic" else rec.label
+            out["mask"] = self._binary(raw["change"], path, fixed=rec.label_kind == "hiucd")
+        return out
+
+    def _binary(self, raw: np.ndarray, path: Path | None, fixed: bool) -> np.ndarray:
+        """Raw change label -> 0/1/255 through a lookup table (one vectorised op)."""
+        lut = binary_lut("0/1") if fixed else self._lut
+        if lut is None:  # no set-wide decision: decide for this file
+            counts = np.bincount(raw.ravel(), minlength=256)
+            check_binary_values(counts, path)
+            lut = binary_lut(encoding_from_counts(counts))
+        mask = lut[raw]
+        if (mask == 254).any():
+            bad = np.unique(raw[mask == 254]).tolist()
+            raise LabelValueError(f"{path}: label values {bad} are not allowed by label encoding "
+                                  f"{'0/1' if fixed else self.label_encoding}")
+        return mask
+
+    def _normalise(self, img: np.ndarray, path: Path) -> torch.Tensor:
+        """HWC array -> normalised float32 CHW tensor: ``x * (1 / (scale * std)) - mean / std``."""
+        if img.ndim == 2:
+            img = img[:, :, None]
+        if img.shape[2] != len(self.mean):
+            raise ConfigError(f"{path}: image has {img.shape[2]} channel(s) but mean/std have {len(self.mean)} "
+                              f"values; pass mean and std with {img.shape[2]} values")
+        scale = self.value_scale or dtype_scale(img.dtype)
+        key = (img.dtype.str, scale)
+        if key not in self._norm:
+            mul = (1.0 / (scale * self.std)).astype(np.float32)
+            add = (-self.mean / self.std).astype(np.float32)
+            self._norm[key] = (torch.from_numpy(mul).view(-1, 1, 1), torch.from_numpy(add).view(-1, 1, 1))
+        mul_t, add_t = self._norm[key]
+        chw = np.ascontiguousarray(img.transpose(2, 0, 1))
+        if chw.dtype not in (np.uint8, np.float32):
+            chw = chw.astype(np.float32)
+        x = torch.from_numpy(chw).to(torch.float32, copy=True)  # copy: never write into a cached array
+        return x.mul_(mul_t).add_(add_t)

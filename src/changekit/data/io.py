@@ -1,0 +1,204 @@
+"""Reading and writing images and labels, with one clear error per bad file.
+
+PNG/JPEG/BMP go through Pillow (fast); GeoTIFF and other rasters through rasterio, which also returns the
+georeferencing so that predictions can be written back on the same grid. Every writer writes to a
+temporary name in the target folder and renames on success, so a killed run never leaves a half-written file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from ..errors import DatasetNotFoundError, ImageReadError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+_RASTERIO_SUFFIXES = (".tif", ".tiff")
+
+
+@dataclass
+class GeoInfo:
+    """Georeferencing of a raster (``None`` fields for plain images)."""
+
+    crs: Any = None
+    transform: Any = None
+
+    @property
+    def is_geo(self) -> bool:
+        return self.crs is not None
+
+
+def read_image(path: str | Path, with_geo: bool = False) -> np.ndarray | tuple[np.ndarray, GeoInfo]:
+    """Read an image as an ``(H, W, C)`` array (uint8 for 8-bit files, the file's dtype otherwise).
+
+    Raises:
+        DatasetNotFoundError: the file does not exist.
+        ImageReadError: the file is not a readable image.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetNotFoundError(f"{path}: file not found")
+    geo = GeoInfo()
+    if path.suffix.lower() in _RASTERIO_SUFFIXES:
+        arr, geo = _read_rasterio(path)
+    else:
+        try:
+            with Image.open(path) as im:
+                im.load()
+                if im.mode == "P":
+                    im = im.convert("RGB") if _palette_is_colour(im) else im.convert("L")
+                elif im.mode in ("I;16", "I;16B", "I"):
+                    im = im.convert("I")
+                arr = np.asarray(im)
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+            raise ImageReadError(f"{path}: cannot read image ({exc.__class__.__name__}: {exc})") from None
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    return (arr, geo) if with_geo else arr
+
+
+def _palette_is_colour(im: Image.Image) -> bool:
+    pal = im.getpalette() or []
+    rgb = np.asarray(pal[: 3 * 256]).reshape(-1, 3) if pal else np.zeros((0, 3))
+    return bool(len(rgb) and (np.ptp(rgb, axis=1) > 0).any())
+
+
+def read_palette_indices(path: str | Path) -> np.ndarray:
+    """Read a palette ('P' mode) or grey PNG as its raw index values ``(H, W)``."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetNotFoundError(f"{path}: file not found")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return np.asarray(im if im.mode in ("P", "L") else im.convert("L"))
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise ImageReadError(f"{path}: cannot read image ({exc.__class__.__name__}: {exc})") from None
+
+
+def _read_rasterio(path: Path) -> tuple[np.ndarray, GeoInfo]:
+    import rasterio
+    from rasterio.errors import RasterioIOError
+
+    try:
+        with rasterio.open(path) as src:
+            arr = src.read()
+            geo = GeoInfo(crs=src.crs, transform=src.transform if src.crs is not None else None)
+    except (RasterioIOError, OSError, ValueError) as exc:
+        raise ImageReadError(f"{path}: cannot read raster ({exc})") from None
+    return np.moveaxis(arr, 0, -1), geo
+
+
+def image_size(path: str | Path) -> tuple[int, int, int]:
+    """``(H, W, C)`` of an image without decoding its pixels where the format allows."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetNotFoundError(f"{path}: file not found")
+    if path.suffix.lower() in _RASTERIO_SUFFIXES:
+        import rasterio
+        from rasterio.errors import RasterioIOError
+
+        try:
+            with rasterio.open(path) as src:
+                return src.height, src.width, src.count
+        except (RasterioIOError, OSError) as exc:
+            raise ImageReadError(f"{path}: cannot read raster ({exc})") from None
+    try:
+        with Image.open(path) as im:
+            bands = len(im.getbands())
+            if im.mode == "P":
+                bands = 3 if _palette_is_colour(im) else 1
+            return im.height, im.width, bands
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise ImageReadError(f"{path}: cannot read image ({exc.__class__.__name__}: {exc})") from None
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it to ``path`` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        if tmp_path.exists():  # mkstemp makes 0600 files: give the usual umask-based mode
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp_path, 0o666 & ~umask)
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary folder beside ``path``; its content lands in ``path`` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        yield tmp
+        if not path.exists():
+            os.replace(tmp, path)
+        else:  # never delete what the user had there: move the new files in, replacing same-named ones
+            for item in sorted(tmp.rglob("*")):
+                target = path / item.relative_to(tmp)
+                if item.is_dir():
+                    target.mkdir(parents=True, exist_ok=True)
+                else:
+                    os.replace(item, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_png(path: str | Path, array: np.ndarray, palette: np.ndarray | None = None) -> None:
+    """Write ``(H, W)`` or ``(H, W, 3)`` uint8 data as PNG atomically; ``palette`` (K, 3) makes a 'P' image."""
+    arr = np.asarray(array)
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    im = Image.fromarray(arr.astype(np.uint8))
+    if palette is not None:
+        im = im.convert("P") if im.mode != "L" else Image.fromarray(arr.astype(np.uint8), mode="L").convert("P")
+        flat = np.zeros((256, 3), np.uint8)
+        flat[: len(palette)] = np.asarray(palette, np.uint8)
+        im.putpalette(flat.reshape(-1).tolist())
+    with atomic_path(path) as tmp:
+        im.save(tmp, format="PNG")
+
+
+def write_geotiff(path: str | Path, array: np.ndarray, geo: GeoInfo | None = None) -> None:
+    """Write ``(H, W)`` or ``(H, W, C)`` data as a (Geo)TIFF atomically, keeping CRS and transform."""
+    import rasterio
+
+    arr = np.asarray(array)
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    profile: dict[str, Any] = dict(
+        driver="GTiff", height=arr.shape[0], width=arr.shape[1], count=arr.shape[2], dtype=arr.dtype.name,
+        compress="deflate",
+    )
+    if geo is not None and geo.is_geo:
+        profile.update(crs=geo.crs, transform=geo.transform)
+    with atomic_path(path) as tmp, rasterio.open(tmp, "w", **profile) as dst:
+        dst.write(np.moveaxis(arr, -1, 0))
+
+
+def write_image(path: str | Path, array: np.ndarray, geo: GeoInfo | None = None) -> None:
+    """Write by suffix: ``.tif``/``.tiff`` as GeoTIFF, anything else as PNG."""
+    if Path(path).suffix.lower() in _RASTERIO_SUFFIXES:
+        write_geotiff(path, array, geo)
+    else:
+        write_png(path, array)

@@ -1,0 +1,399 @@
+"""Joint augmentation of both dates and their labels, built from a YAML-style list of ops.
+
+A transform maps a sample dict of numpy arrays to a new dict::
+
+    {"image_a": (H, W, C) uint8, "image_b": (H, W, C) uint8, "mask": (H, W) uint8,
+     "sem_a": (H, W) uint8, "sem_b": (H, W) uint8 (optional), ...other keys untouched}
+
+The pixel work is done by albumentations: ``image_b`` is registered as an extra "image" target and the labels
+as "mask" targets, so one draw of parameters moves every array the same way, and labels always use nearest
+interpolation. Label fill values (``mask_fill`` for the change mask, ``sem_fill`` for semantic maps) are applied
+through a helper "valid" mask that goes through the same warp with fill 0, so each label gets its own ignore
+value even though albumentations has only one ``fill_mask``.
+
+Ops (``p`` is the probability; image fill ``fill`` defaults to 0, ``mask_fill`` to 255, ``sem_fill`` to the
+``ignore_index`` given to ``build_transforms``):
+
+* ``hflip``, ``vflip``; ``rot90`` (``factors``: quarter turns to draw from, default [1, 2, 3]);
+* ``rotate`` (``limit`` degrees or [lo, hi], ``interpolation``, ``expand``: rotate inside the frame shrunk to
+  fit, i.e. ClearSCD's ``rotate(expand=True)`` + resize back, done in one warp by ``A.SafeRotate``);
+* ``random_crop``, ``center_crop`` (``size``; pad with the fills when the image is smaller), ``resize``;
+* image-only, labels untouched, drawn separately per date when ``per_date`` (default true): ``photometric``
+  (brightness, contrast, saturation, hue as in torchvision's ColorJitter), ``color_jitter`` (same, ClearSCD's
+  defaults), ``brightness_contrast`` (any band count), ``gaussian_noise`` (``std`` as a fraction of 255),
+  ``blur`` (``sigma``);
+* ``swap_dates``: exchange the dates (every ``*_a``/``*_b`` key pair); the change mask stays.
+
+Seeding: albumentations 2 ignores ``np.random.seed``/``random.seed`` (each Compose owns its generators), and a
+Compose copied into DataLoader workers would replay the same augmentations in every worker. A
+``JointTransform`` therefore owns one numpy ``Generator`` and one ``random.Random`` shared by all its ops and
+(re)creates them on the first call in every process:
+
+* ``seed=None`` (default): the state is drawn from numpy's global RNG. That global RNG is seeded per worker by
+  PyTorch (and by Lightning's ``seed_everything(..., workers=True)``) and in the main process by
+  ``seed_everything``/``np.random.seed``, so runs are reproducible and workers (and epochs with
+  non-persistent workers) differ.
+* ``seed=int``: fixed stream in the main process; in a DataLoader worker it is mixed with the worker's torch
+  seed (``get_worker_info().seed``), so workers still differ.
+
+``reseed()`` restarts the stream explicitly.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import albumentations as A
+import cv2
+import numpy as np
+
+from ..errors import ConfigError, SizeMismatchError, suggest
+
+log = logging.getLogger(__name__)
+
+Sample = dict[str, Any]
+_LABEL_KEYS = ("mask", "sem_a", "sem_b")
+_TARGETS = {"image_b": "image", "sem_a": "mask", "sem_b": "mask", "_valid": "mask"}
+_INTERP = {"nearest": cv2.INTER_NEAREST, "bilinear": cv2.INTER_LINEAR, "bicubic": cv2.INTER_CUBIC,
+           "area": cv2.INTER_AREA}
+_CV_ROT = {1: cv2.ROTATE_90_COUNTERCLOCKWISE, 2: cv2.ROTATE_180, 3: cv2.ROTATE_90_CLOCKWISE}
+_CV_DTYPES = tuple(np.dtype(t) for t in (np.uint8, np.uint16, np.int16, np.float32, np.float64))
+
+PRESETS: dict[str, list[dict[str, Any]]] = {
+    "none": [],
+    "flips": [{"name": "hflip", "p": 0.5}, {"name": "vflip", "p": 0.5}, {"name": "rot90", "p": 0.5}],
+    # Modelled on the open-cd ChangerEx pipeline (flips/rotations, ExchangeTime, photometric distortion),
+    # without its crop, whose size depends on the data set.
+    "standard": [
+        {"name": "hflip", "p": 0.5}, {"name": "vflip", "p": 0.5}, {"name": "rot90", "p": 0.5},
+        {"name": "swap_dates", "p": 0.5},
+        {"name": "photometric", "p": 0.5, "brightness": 0.2, "contrast": 0.2, "saturation": 0.2, "hue": 0.05,
+         "per_date": True},
+    ],
+    # ClearSCD dataset/datatransforms.get_train_transforms (seed-systems 1.3.3), normalisation excluded.
+    "clearscd": [
+        {"name": "hflip", "p": 0.5}, {"name": "vflip", "p": 0.5}, {"name": "rot90", "p": 0.5},
+        {"name": "rotate", "limit": 30, "p": 0.5, "expand": True, "mask_fill": 255, "sem_fill": 9},
+        {"name": "resize", "size": 512},
+    ],
+}
+
+
+class _Rot90(A.RandomRotate90):
+    """RandomRotate90 restricted to chosen quarter turns (ClearSCD rotates by 90/180/270, never 0)."""
+
+    factors: tuple[int, ...] = (1, 2, 3)
+
+    def get_params(self) -> dict[str, int]:
+        return {"factor": self.py_random.choice(self.factors)}
+
+    def apply(self, img: np.ndarray, factor: int, **params: Any) -> np.ndarray:
+        # cv2.rotate returns a contiguous array ~10x faster than copying albumentations' np.rot90 view.
+        if factor == 0 or (img.ndim == 3 and img.shape[2] > 4) or img.dtype not in _CV_DTYPES:
+            return super().apply(img, factor, **params)
+        out = cv2.rotate(img, _CV_ROT[factor])
+        return out[..., None] if img.ndim == 3 and out.ndim == 2 else out
+
+
+class _Group:
+    """Consecutive albumentations ops run as one Compose over all arrays; at most one op fills labels."""
+
+    def __init__(self) -> None:
+        self.ops: list[A.BasicTransform] = []
+        self.fill: tuple[int, int] | None = None
+        self.compose: A.Compose | None = None
+
+    def finish(self) -> None:
+        self.compose = A.Compose(self.ops, additional_targets=_TARGETS, mask_interpolation=cv2.INTER_NEAREST)
+
+    def __call__(self, data: Sample, gen: np.random.Generator, py: random.Random) -> None:
+        kw = {"image": data["image_a"], "image_b": data["image_b"]}
+        kw.update({k: data[k] for k in _LABEL_KEYS if k in data})
+        if self.fill is not None:
+            kw["_valid"] = np.ones(data["image_a"].shape[:2], np.uint8)
+        res = self.compose(**kw)  # type: ignore[misc]
+        data["image_a"], data["image_b"] = res["image"], res["image_b"]
+        invalid = res["_valid"] == 0 if self.fill is not None else None
+        for key in _LABEL_KEYS:
+            if key not in data:
+                continue
+            arr = res[key]
+            if invalid is not None and invalid.any():
+                fill = self.fill[0] if key == "mask" else self.fill[1]  # type: ignore[index]
+                arr = np.where(invalid, np.asarray(fill, arr.dtype), arr)
+            data[key] = arr
+
+
+class _PerDate:
+    """An image-only op drawn independently for each date (labels untouched)."""
+
+    def __init__(self, op: A.BasicTransform, name: str) -> None:
+        self.op, self.name = op, name
+        self.compose = A.Compose([op])
+
+    def __call__(self, data: Sample, gen: np.random.Generator, py: random.Random) -> None:
+        for key in ("image_a", "image_b"):
+            data[key] = self.compose(image=data[key])["image"]
+
+
+class _SwapDates:
+    """Swap the two dates: every ``X_a``/``X_b`` key pair (images, semantic maps, tags); the change mask stays."""
+
+    def __init__(self, p: float) -> None:
+        self.p = p
+
+    def __call__(self, data: Sample, gen: np.random.Generator, py: random.Random) -> None:
+        if py.random() >= self.p:
+            return
+        for key in [k for k in data if k.endswith("_a")]:
+            other = key[:-2] + "_b"
+            if other in data:
+                data[key], data[other] = data[other], data[key]
+
+
+class JointTransform:
+    """Callable applying the built ops in order with one shared, process-aware random state (see module doc)."""
+
+    def __init__(self, steps: list[Any], spec: list[dict[str, Any]], seed: int | None = None) -> None:
+        self.steps, self.spec, self.seed = steps, spec, seed
+        self._pid: int | None = None
+        self._gen = np.random.default_rng(0)
+        self._py = random.Random(0)
+
+    def reseed(self, seed: int | None = None) -> None:
+        """Restart the random stream on the next call (``None``: draw it from numpy's global RNG)."""
+        self.seed, self._pid = seed, None
+
+    def _ensure_rng(self) -> None:
+        pid = os.getpid()
+        if self._pid == pid:
+            return
+        worker_seed = _torch_worker_seed()
+        if self.seed is None:
+            entropy = [int(np.random.randint(0, 2**63 - 1, dtype=np.int64))]
+        else:
+            entropy = [int(self.seed)] + ([worker_seed] if worker_seed is not None else [])
+        seq_np, seq_py = np.random.SeedSequence(entropy).spawn(2)
+        self._gen = np.random.default_rng(seq_np)
+        self._py = random.Random(int(seq_py.generate_state(1, np.uint64)[0]))
+        for step in self.steps:
+            if isinstance(step, (_Group, _PerDate)):
+                step.compose.set_random_state(self._gen, self._py)  # type: ignore[union-attr]
+        self._pid = pid
+
+    def __call__(self, sample: Mapping[str, Any]) -> Sample:
+        self._ensure_rng()
+        data = dict(sample)
+        _check_sample(data)
+        for step in self.steps:
+            step(data, self._gen, self._py)
+        for key in ("image_a", "image_b", *_LABEL_KEYS):
+            if key in data:
+                data[key] = np.ascontiguousarray(data[key])
+        return data
+
+    def __repr__(self) -> str:
+        return f"JointTransform({[d['name'] for d in self.spec]}, seed={self.seed})"
+
+
+def _torch_worker_seed() -> int | None:
+    data_mod = sys.modules.get("torch.utils.data")  # not imported -> not inside a DataLoader worker
+    info = data_mod.get_worker_info() if data_mod is not None else None
+    return None if info is None else int(info.seed)
+
+
+def _check_sample(data: Sample) -> None:
+    for key in ("image_a", "image_b"):
+        if key not in data:
+            raise KeyError(f"transform input lacks '{key}' (keys: {sorted(data)})")
+    hw = data["image_a"].shape[:2]
+    for key in ("image_b", *_LABEL_KEYS):
+        if key in data and data[key].shape[:2] != hw:
+            raise SizeMismatchError(
+                f"{data.get('stem', 'sample')}: '{key}' is {data[key].shape[:2]} but image_a is {hw}")
+
+
+# ----------------------------------------------------------------------------------------------- builders
+
+def _size(where: str, value: Any) -> tuple[int, int]:
+    vals = [value, value] if isinstance(value, (int, np.integer)) else value
+    if (not isinstance(vals, Sequence) or len(vals) != 2
+            or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0 for v in vals)):
+        raise ConfigError(f"{where}: 'size' must be a positive integer or [height, width], got {value!r}")
+    return int(vals[0]), int(vals[1])
+
+
+def _interp(where: str, value: Any) -> int:
+    if not isinstance(value, str) or value not in _INTERP:
+        raise ConfigError(f"{where}: interpolation {value!r} unknown{suggest(str(value), _INTERP)}; "
+                          f"use one of {sorted(_INTERP)}")
+    return _INTERP[value]
+
+
+def _sym(value: Any) -> Any:
+    """A number means the symmetric range [-v, v]; a pair passes through (as albumentations expects)."""
+    return tuple(value) if isinstance(value, (list, tuple)) else value
+
+
+def _rot90(w: str, a: dict[str, Any]) -> A.BasicTransform:
+    factors = tuple(a["factors"])
+    if not factors or any(f not in (0, 1, 2, 3) for f in factors):
+        raise ConfigError(f"{w}: 'factors' must be quarter turns from [0, 1, 2, 3], got {a['factors']!r}")
+    op = _Rot90(p=a["p"])
+    op.factors = factors
+    return op
+
+
+def _rotate(w: str, a: dict[str, Any]) -> A.BasicTransform:
+    cls = A.SafeRotate if a["expand"] else A.Rotate
+    return cls(limit=_sym(a["limit"]), interpolation=_interp(w, a["interpolation"]), border_mode=cv2.BORDER_CONSTANT,
+               fill=a["fill"], fill_mask=0, mask_interpolation=cv2.INTER_NEAREST, p=a["p"])
+
+
+def _crop(cls: type) -> Callable[[str, dict[str, Any]], A.BasicTransform]:
+    def build(w: str, a: dict[str, Any]) -> A.BasicTransform:
+        h, wd = _size(w, a["size"])
+        return cls(height=h, width=wd, pad_if_needed=True, border_mode=cv2.BORDER_CONSTANT, fill=a["fill"],
+                   fill_mask=0, p=a["p"])
+    return build
+
+
+def _resize(w: str, a: dict[str, Any]) -> A.BasicTransform:
+    h, wd = _size(w, a["size"])
+    return A.Resize(height=h, width=wd, interpolation=_interp(w, a["interpolation"]),
+                    mask_interpolation=cv2.INTER_NEAREST, p=a["p"])
+
+
+def _jitter(w: str, a: dict[str, Any]) -> A.BasicTransform:
+    b, c, s = (max(0.0, 1 - a[k]) for k in ("brightness", "contrast", "saturation"))
+    return _ChannelCheckedJitter(brightness=(b, 1 + a["brightness"]), contrast=(c, 1 + a["contrast"]),
+                                 saturation=(s, 1 + a["saturation"]), hue=(-a["hue"], a["hue"]), p=a["p"])
+
+
+class _ChannelCheckedJitter(A.ColorJitter):
+    """ColorJitter with a config-level error for multispectral input (it handles 1 or 3 bands only)."""
+
+    def apply(self, img: np.ndarray, *args: Any, **params: Any) -> np.ndarray:
+        if img.ndim == 3 and img.shape[2] not in (1, 3):
+            raise ConfigError(f"transform 'photometric' needs 1- or 3-band images, got {img.shape[2]} bands; "
+                              "use 'brightness_contrast' for multispectral data")
+        return super().apply(img, *args, **params)
+
+
+_FILL = {"mask_fill": 255, "sem_fill": None, "fill": 0}
+_PHOTO = {"p": 0.5, "brightness": 0.2, "contrast": 0.2, "saturation": 0.2, "hue": 0.05, "per_date": True}
+
+# name -> (defaults (None: from build_transforms), builder, fills labels, image-only)
+_OPS: dict[str, tuple[dict[str, Any], Callable[[str, dict[str, Any]], Any], bool, bool]] = {
+    "hflip": ({"p": 0.5}, lambda w, a: A.HorizontalFlip(p=a["p"]), False, False),
+    "vflip": ({"p": 0.5}, lambda w, a: A.VerticalFlip(p=a["p"]), False, False),
+    "rot90": ({"p": 0.5, "factors": [1, 2, 3]}, _rot90, False, False),
+    "rotate": ({"p": 0.5, "limit": 30, "expand": False, "interpolation": "bilinear", **_FILL}, _rotate, True, False),
+    "random_crop": ({"p": 1.0, "size": None, **_FILL}, _crop(A.RandomCrop), True, False),
+    "center_crop": ({"p": 1.0, "size": None, **_FILL}, _crop(A.CenterCrop), True, False),
+    "resize": ({"p": 1.0, "size": None, "interpolation": "bilinear"}, _resize, False, False),
+    "photometric": (dict(_PHOTO), _jitter, False, True),
+    # ClearSCD's optional ColorJitter(0.2, 0.4, 0.4, 0.1).
+    "color_jitter": ({**_PHOTO, "contrast": 0.4, "saturation": 0.4, "hue": 0.1}, _jitter, False, True),
+    "brightness_contrast": ({"p": 0.5, "brightness": 0.2, "contrast": 0.2, "per_date": True},
+                            lambda w, a: A.RandomBrightnessContrast(brightness_limit=_sym(a["brightness"]),
+                                                                    contrast_limit=_sym(a["contrast"]), p=a["p"]),
+                            False, True),
+    "gaussian_noise": ({"p": 0.5, "std": [0.01, 0.05], "per_date": True},
+                       lambda w, a: A.GaussNoise(std_range=tuple(a["std"]), p=a["p"]), False, True),
+    "blur": ({"p": 0.5, "sigma": [0.5, 1.5], "per_date": True},
+             lambda w, a: A.GaussianBlur(sigma_limit=tuple(a["sigma"]), p=a["p"]), False, True),
+    "swap_dates": ({"p": 0.5}, lambda w, a: _SwapDates(a["p"]), False, False),
+}
+
+
+def _resolve(spec: list[Any] | str | None) -> list[dict[str, Any]] | None:
+    if spec is None:
+        return None
+    if isinstance(spec, str):
+        if spec not in PRESETS:
+            raise ConfigError(f"transforms: unknown preset '{spec}'{suggest(spec, PRESETS)}; "
+                              f"presets: {sorted(PRESETS)}")
+        return [dict(d) for d in PRESETS[spec]]
+    if not isinstance(spec, (list, tuple)):
+        raise ConfigError(f"transforms: expected a list of ops or a preset name, got {type(spec).__name__}")
+    out = []
+    for i, item in enumerate(spec):
+        if isinstance(item, str):
+            item = {"name": item}
+        if not isinstance(item, Mapping) or "name" not in item:
+            raise ConfigError(f"transforms[{i}]: each op must be a mapping with a 'name' key, got {item!r}")
+        out.append(dict(item))
+    return out
+
+
+def build_transforms(spec: list[Any] | str | None, *, ignore_index: int = 255,
+                     seed: int | None = None) -> JointTransform | None:
+    """Build a joint transform from a list of ``{name: ..., params}`` dicts or a preset name.
+
+    Args:
+        spec: op list (items may also be bare op names), a key of ``PRESETS``, or ``None``.
+        ignore_index: semantic fill for ops whose ``sem_fill`` is not given (the data set's ignore index).
+        seed: see the module docstring; ``None`` follows numpy's global seeding.
+
+    Returns:
+        The transform, or ``None`` when there is nothing to do.
+
+    Raises:
+        ConfigError: unknown op, preset or parameter, or an invalid value.
+    """
+    if seed is not None and (not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0):
+        raise ConfigError(f"transforms: seed must be a non-negative integer or null, got {seed!r}")
+    items = _resolve(spec)
+    if not items:
+        return None
+    steps: list[Any] = []
+    group: _Group | None = None
+    for i, item in enumerate(items):
+        name = item.pop("name")
+        where = f"transforms[{i}] ({name})"
+        if name not in _OPS:
+            raise ConfigError(f"transforms[{i}]: unknown op '{name}'{suggest(str(name), _OPS)}; "
+                              f"known ops: {', '.join(sorted(_OPS))}")
+        defaults, builder, fills, image_only = _OPS[name]
+        for key in item:
+            if key not in defaults:
+                raise ConfigError(f"{where}: unknown parameter '{key}'{suggest(str(key), defaults)}; "
+                                  f"allowed: {', '.join(sorted(defaults))}")
+        args = {**defaults, **item}
+        if args.get("sem_fill", 0) is None:
+            args["sem_fill"] = ignore_index
+        missing = [k for k, v in args.items() if v is None]
+        if missing:
+            raise ConfigError(f"{where}: missing required parameter '{missing[0]}'")
+        try:
+            op = builder(where, args)
+        except ConfigError:
+            raise
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"{where}: invalid parameters ({str(exc).splitlines()[0]} "
+                              f"{' '.join(str(exc).splitlines()[1:3])})".strip()) from None
+        if isinstance(op, _SwapDates):
+            steps.append(op)
+            group = None
+        elif image_only and args.get("per_date"):
+            steps.append(_PerDate(op, name))
+            group = None
+        else:
+            if group is None or (fills and group.fill is not None):
+                group = _Group()
+                steps.append(group)
+            group.ops.append(op)
+            if fills:
+                group.fill = (int(args["mask_fill"]), int(args["sem_fill"]))
+    for step in steps:
+        if isinstance(step, _Group):
+            step.finish()
+    transform = JointTransform(steps, [dict(d) for d in (_resolve(spec) or [])], seed=seed)
+    log.debug("built %r", transform)
+    return transform

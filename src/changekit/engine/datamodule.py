@@ -1,0 +1,78 @@
+"""Lightning data module: the config's ``data`` section -> validated datasets and fast loaders."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, default_collate
+
+from ..data.datasets import ChangeDataset
+from ..data.transforms import build_transforms
+from ..errors import ConfigError
+
+SPLITS = ("train", "val", "test")
+
+
+def build_dataset(cfg: dict[str, Any], split: str, augment: bool = False) -> ChangeDataset:
+    """The dataset of one split from the ``data`` config (augmented only when ``augment``)."""
+    source = cfg.get(split)
+    if source is None:
+        raise ConfigError(f"config key 'data.{split}' is not set (a folder or a path-list file)")
+    transform = build_transforms(cfg["augment"]) if augment else None
+    return ChangeDataset(
+        source, root=cfg["root"], layout=cfg["layout"], task=cfg["task"], transform=transform,
+        mean=cfg["mean"], std=cfg["std"], check_values=cfg["check_values"], ignore_index=cfg["ignore_index"],
+    )
+
+
+def collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
+    """Default collation with a clear error for pairs of different sizes in one batch."""
+    shapes = {tuple(s["image_a"].shape) for s in batch}
+    if len(shapes) > 1:
+        raise ConfigError(
+            f"a batch mixes image sizes {sorted(shapes)}; tile the data (`changekit data tile`), add a random_crop "
+            "augmentation, or set data.val_batch_size=1 for evaluation"
+        )
+    return default_collate(batch)
+
+
+class ChangeDataModule(L.LightningDataModule):
+    """Builds the train/val/test datasets in ``setup`` and their loaders with worker processes."""
+
+    def __init__(self, data: dict[str, Any], seed: int = 42) -> None:
+        super().__init__()
+        self.cfg = data
+        self.seed = seed
+        self.datasets: dict[str, ChangeDataset] = {}
+
+    def setup(self, stage: str | None = None) -> None:  # noqa: D102
+        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}.get(stage or "", SPLITS)
+        for split in wanted:
+            if split in self.datasets or self.cfg.get(split) is None:
+                continue
+            self.datasets[split] = build_dataset(self.cfg, split, augment=split == "train")
+        if stage == "fit" and "train" not in self.datasets:
+            raise ConfigError("config key 'data.train' is not set (a folder or a path-list file)")
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        ds = self.datasets[split]
+        bs = self.cfg["batch_size"] if split == "train" else (self.cfg["val_batch_size"] or self.cfg["batch_size"])
+        workers = int(self.cfg["num_workers"])
+        generator = torch.Generator().manual_seed(self.seed)
+        return DataLoader(
+            ds, batch_size=min(int(bs), max(1, len(ds))), shuffle=shuffle, num_workers=workers,
+            collate_fn=collate, pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0,
+            drop_last=bool(self.cfg["drop_last"]) and split == "train" and len(ds) > int(bs),
+            generator=generator if shuffle else None,
+        )
+
+    def train_dataloader(self) -> DataLoader:  # noqa: D102
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader | list:  # noqa: D102
+        return self._loader("val", shuffle=False) if "val" in self.datasets else []
+
+    def test_dataloader(self) -> DataLoader:  # noqa: D102
+        return self._loader("test", shuffle=False)

@@ -1,0 +1,97 @@
+"""``predict``: change masks for image pairs (folders or single files, PNG or GeoTIFF) from a checkpoint."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..data.io import IMAGE_SUFFIXES, atomic_dir, read_image, write_png
+from ..errors import DatasetNotFoundError, PairingError, SizeMismatchError
+from ..inference.scene import predict_scene
+from ..inference.sliding import sliding_window_predict
+from .checkpoint import load_checkpoint
+
+log = logging.getLogger(__name__)
+GEO_SUFFIXES = (".tif", ".tiff")
+
+
+def pair_inputs(a: str | Path, b: str | Path) -> list[tuple[str, Path, Path]]:
+    """``(stem, a_file, b_file)`` for two files, or two folders paired by stem (sorted)."""
+    a, b = Path(a), Path(b)
+    for p in (a, b):
+        if not p.exists():
+            raise DatasetNotFoundError(f"{p}: not found")
+    if a.is_file() and b.is_file():
+        return [(a.stem, a, b)]
+    if a.is_file() != b.is_file():
+        raise PairingError(f"{a} and {b}: give two files or two folders")
+    fa = {p.stem: p for p in sorted(a.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
+    fb = {p.stem: p for p in sorted(b.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
+    if not fa:
+        raise DatasetNotFoundError(f"{a}: no images ({', '.join(IMAGE_SUFFIXES)})")
+    for src, other, folder in ((fa, fb, b), (fb, fa, a)):
+        missing = sorted(set(src) - set(other))
+        if missing:
+            more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+            raise PairingError(f"{folder}: no partner for {', '.join(missing[:5])}{more}")
+    return [(s, fa[s], fb[s]) for s in sorted(fa)]
+
+
+def _normalise(img: np.ndarray, mean: list[float], std: list[float]) -> torch.Tensor:
+    scale = 255.0 if img.dtype == np.uint8 else float(np.iinfo(img.dtype).max) if img.dtype.kind in "ui" else 1.0
+    x = torch.from_numpy(np.array(img, dtype=np.float32)).permute(2, 0, 1).div_(scale)
+    c = x.shape[0]
+    m = torch.tensor((list(mean) * c)[:c]).view(-1, 1, 1)
+    s = torch.tensor((list(std) * c)[:c]).view(-1, 1, 1)
+    return (x - m) / s
+
+
+def predict(
+    ckpt: str | Path, a: str | Path, b: str | Path, out: str | Path, tile: int = 512, overlap: int = 64,
+    batch_size: int = 4, threshold: float | None = None, save_prob: bool = False, save_overlay: bool = False,
+    device: str | None = None,
+) -> list[Path]:
+    """Write a 0/255 change mask per pair into ``out`` (named by stem; GeoTIFF in, GeoTIFF out).
+
+    Optional outputs: ``<stem>_prob.png`` (probability x 255) and ``<stem>_overlay.png`` (changes in red on B).
+    The whole folder appears only when every pair is done.
+    """
+    pairs = pair_inputs(a, b)
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model, cfg = load_checkpoint(ckpt, map_location=dev)
+    thr = float(cfg["trainer"]["threshold"] if threshold is None else threshold)
+    mean, std = cfg["data"]["mean"], cfg["data"]["std"]
+    written: list[Path] = []
+    out = Path(out)
+    with atomic_dir(out) as tmp:
+        for stem, fa, fb in pairs:
+            if fa.suffix.lower() in GEO_SUFFIXES:
+                predict_scene(model, fa, fb, tmp / f"{stem}.tif", tile=tile, overlap=overlap, batch_size=batch_size,
+                              threshold=thr, write_prob=(tmp / f"{stem}_prob.tif") if save_prob else None,
+                              mean=mean, std=std, device=dev)
+                written.append(out / f"{stem}.tif")
+                continue
+            ia, ib = read_image(fa), read_image(fb)
+            if ia.shape != ib.shape:
+                raise SizeMismatchError(f"{fa} ({ia.shape[1]}x{ia.shape[0]}x{ia.shape[2]}) and {fb} "
+                                        f"({ib.shape[1]}x{ib.shape[0]}x{ib.shape[2]}) differ in size or bands")
+            res: dict[str, Any] = sliding_window_predict(
+                model, _normalise(ia, mean, std), _normalise(ib, mean, std), tile=tile, overlap=overlap,
+                batch_size=batch_size, device=dev)
+            prob = res["change"] if isinstance(res, dict) else res
+            prob = prob.cpu().numpy() if torch.is_tensor(prob) else np.asarray(prob)
+            mask = (prob > thr).astype(np.uint8) * 255
+            write_png(tmp / f"{stem}.png", mask)
+            if save_prob:
+                write_png(tmp / f"{stem}_prob.png", np.round(prob * 255).astype(np.uint8))
+            if save_overlay:
+                from ..report import overlay_on_image
+
+                write_png(tmp / f"{stem}_overlay.png", overlay_on_image(ib[:, :, :3], mask > 0))
+            written.append(out / f"{stem}.png")
+            log.info("predicted %s", stem)
+    return written

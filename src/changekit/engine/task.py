@@ -1,0 +1,199 @@
+"""The Lightning system: one model, its losses, metrics, optimiser, schedule and optional EMA weights.
+
+The network is a plain :class:`~changekit.models.base.ChangeModel`; this module owns everything around it, and
+never looks inside it: it calls ``model(a, b, **extras)``, the configured loss on the returned
+:class:`~changekit.models.outputs.ChangeOutput`, and ``model.extra_losses``. Checkpoints hold the state_dict and
+the resolved config (``hyper_parameters["config"]``), so a model is rebuilt by name without pickled modules.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+from ..losses import build_loss
+from ..metrics import ConfusionMatrix, SCDMetrics, binary_metrics
+from ..models import build_model
+from ..models.outputs import ChangeOutput
+from .ema import EMAWeights
+from .schedules import build_optimizer, build_scheduler
+
+
+def model_kwargs(config: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """Registry name and constructor arguments from the config's ``model`` section."""
+    kwargs = dict(config["model"])
+    return kwargs.pop("name"), kwargs
+
+
+class ChangeTask(L.LightningModule):
+    """Trains, validates and tests any registered change model.
+
+    Args:
+        config: the resolved run configuration (see :mod:`changekit.config`).
+    """
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        super().__init__()
+        self.save_hyperparameters({"config": config})
+        self.config = config
+        name, kwargs = model_kwargs(config)
+        self.model = build_model(name, **kwargs)
+        tcfg = config["trainer"]
+        if tcfg["channels_last"]:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.loss_fn = build_loss(config["loss"])
+        ema = tcfg["ema"]
+        self.ema = (
+            EMAWeights(self.model, ema["beta"], ema["update_after_step"], ema["update_every"], ema["warmup_power"])
+            if ema["enabled"] else None
+        )
+        self.threshold = float(tcfg["threshold"])
+        self.task_type = getattr(self.model, "task", "binary")
+        self._cm: dict[str, ConfusionMatrix] = {}
+        self._scd: dict[str, SCDMetrics] = {}
+        self.test_results: dict[str, Any] = {}
+        self.samples: list[dict[str, Any]] = []
+        self.max_samples = 0
+
+    # ---------------------------------------------------------------- forward
+    @property
+    def eval_model(self) -> torch.nn.Module:
+        """The weights that are validated, tested and exported: the EMA copy when enabled."""
+        return self.ema.module if self.ema is not None else self.model
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor, **extras: Any) -> ChangeOutput:  # noqa: D102
+        return self.eval_model(a, b, **extras)
+
+    def _inputs(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+        a, b = batch["image_a"], batch["image_b"]
+        if self.config["trainer"]["channels_last"]:
+            a, b = a.contiguous(memory_format=torch.channels_last), b.contiguous(memory_format=torch.channels_last)
+        extras = {k: batch[k] for k in getattr(self.model, "extra_inputs", ()) if k in batch}
+        return a, b, extras
+
+    def _padded_forward(self, net: torch.nn.Module, batch: dict[str, Any]) -> ChangeOutput:
+        """Evaluate at any size: reflect-pad to the model's input divisor and crop the logits back."""
+        a, b, extras = self._inputs(batch)
+        d = int(getattr(self.model, "input_divisor", 1))
+        h, w = a.shape[-2:]
+        ph, pw = (-h) % d, (-w) % d
+        if ph or pw:
+            mode = "reflect" if ph < h and pw < w else "replicate"
+            a, b = F.pad(a, (0, pw, 0, ph), mode=mode), F.pad(b, (0, pw, 0, ph), mode=mode)
+        out = net(a, b, **extras)
+        if ph or pw:
+            crop = (..., slice(0, h), slice(0, w))
+            out = ChangeOutput(
+                out.change[crop],
+                None if out.sem_a is None else out.sem_a[crop],
+                None if out.sem_b is None else out.sem_b[crop],
+                out.aux,
+            )
+        return out
+
+    # ---------------------------------------------------------------- training
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:  # noqa: D102
+        a, b, extras = self._inputs(batch)
+        out = self.model(a, b, **extras)
+        loss, terms = self.loss_fn(out, batch)
+        for key, value in self.model.extra_losses(out, batch).items():
+            terms[key] = value
+            loss = loss + value
+        bs = a.shape[0]
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=bs)
+        if len(terms) > 1:
+            self.log_dict({f"train/{k}": v.detach() for k, v in terms.items()}, on_step=True, batch_size=bs)
+        return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:  # noqa: D102
+        if self.ema is not None:
+            self.ema.update(self.model)
+
+    # ---------------------------------------------------------------- evaluation
+    def _eval_step(self, batch: dict[str, Any], stage: str) -> ChangeOutput:
+        out = self._padded_forward(self.eval_model, batch)
+        loss, _ = self.loss_fn(out, batch)
+        self.log(f"{stage}/loss", loss, on_epoch=True, sync_dist=True, batch_size=batch["image_a"].shape[0])
+        pred = (out.change_prob() > self.threshold).long()
+        if stage not in self._cm:
+            self._cm[stage] = ConfusionMatrix(2, ignore_index=255)
+        self._cm[stage].update(pred, batch["mask"])
+        if self.task_type == "semantic" and out.sem_a is not None and "sem_a" in batch:
+            if stage not in self._scd:
+                self._scd[stage] = SCDMetrics(
+                    num_classes=self.model.num_classes, ignore_index=int(self.config["data"]["ignore_index"])
+                )
+            self._scd[stage].update(
+                out.sem_a.argmax(1), out.sem_b.argmax(1), pred, batch["sem_a"], batch["sem_b"], batch["mask"]
+            )
+        return out
+
+    def _eval_epoch_end(self, stage: str) -> dict[str, Any]:
+        results: dict[str, Any] = {}
+        cm = self._cm.pop(stage, None)
+        if cm is not None:
+            cm.sync()
+            results.update(binary_metrics(cm.matrix))
+        scd = self._scd.pop(stage, None)
+        if scd is not None:
+            scd.sync()
+            results["semantic"] = scd.compute()
+        scalars = {f"{stage}/{k}": float(v) for k, v in results.items() if isinstance(v, (int, float))}
+        if "semantic" in results:
+            scalars.update({f"{stage}/{k}": float(v) for k, v in results["semantic"].items()
+                            if isinstance(v, (int, float))})
+        if scalars:
+            self.log_dict(scalars, prog_bar=stage == "val", sync_dist=False, rank_zero_only=True)
+        return results
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:  # noqa: D102
+        self._eval_step(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:  # noqa: D102
+        self._eval_epoch_end("val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:  # noqa: D102
+        out = self._eval_step(batch, "test")
+        if len(self.samples) < self.max_samples:
+            self._keep_samples(batch, out)
+
+    def on_test_epoch_end(self) -> None:  # noqa: D102
+        self.test_results = self._eval_epoch_end("test")
+
+    def _keep_samples(self, batch: dict[str, Any], out: ChangeOutput) -> None:
+        mean = torch.tensor(self.config["data"]["mean"], device=batch["image_a"].device).view(-1, 1, 1)
+        std = torch.tensor(self.config["data"]["std"], device=batch["image_a"].device).view(-1, 1, 1)
+        prob = out.change_prob()
+        for i in range(batch["image_a"].shape[0]):
+            if len(self.samples) >= self.max_samples:
+                return
+
+            def rgb(x: torch.Tensor) -> Any:
+                x = (x[:3] * std[:3] + mean[:3]).clamp(0, 1) * 255
+                return x.byte().permute(1, 2, 0).cpu().numpy()
+
+            sample = {
+                "stem": batch["stem"][i], "image_a": rgb(batch["image_a"][i]), "image_b": rgb(batch["image_b"][i]),
+                "label": batch["mask"][i].byte().cpu().numpy(), "prob": prob[i].float().cpu().numpy(),
+                "pred": (prob[i] > self.threshold).byte().cpu().numpy(),
+            }
+            if out.sem_a is not None:
+                sample["pred_sem_a"] = out.sem_a[i].argmax(0).byte().cpu().numpy()
+                sample["pred_sem_b"] = out.sem_b[i].argmax(0).byte().cpu().numpy()
+                for key in ("sem_a", "sem_b"):
+                    if key in batch:
+                        sample[key] = batch[key][i].byte().cpu().numpy()
+            self.samples.append(sample)
+
+    # ---------------------------------------------------------------- optimisation
+    def configure_optimizers(self) -> Any:  # noqa: D102
+        optimizer = build_optimizer(self.model, self.config["optim"])
+        total = int(self.trainer.estimated_stepping_batches)  # also sets up the train loader
+        batches = self.trainer.num_training_batches
+        accumulate = max(1, self.trainer.accumulate_grad_batches)
+        steps_per_epoch = max(1, int(batches) // accumulate) if batches not in (None, float("inf")) else total
+        sched = build_scheduler(optimizer, self.config["schedule"], steps_per_epoch, total)
+        return optimizer if sched is None else {"optimizer": optimizer, "lr_scheduler": sched}

@@ -1,0 +1,221 @@
+"""Evaluate saved masks of any method against ground truth, without a model.
+
+Lets results from other code bases (or from ``changekit predict``) be scored with the same metric core as
+training, so numbers are comparable. Files are paired by stem; every bad file raises a typed error naming it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+import torch
+
+from .data.io import IMAGE_SUFFIXES, atomic_path, read_image, read_palette_indices
+from .errors import (
+    ConfigError,
+    DatasetNotFoundError,
+    LabelValueError,
+    PairingError,
+    SizeMismatchError,
+    suggest,
+)
+from .metrics import BINARY_KEYS, ConfusionMatrix, SCDMetrics, binary_metrics
+
+logger = logging.getLogger(__name__)
+
+TASKS = ("binary", "semantic")
+_PALETTE_SUFFIXES = (".png", ".bmp", ".gif")
+
+
+def list_masks(folder: str | Path) -> dict[str, Path]:
+    """Image files of ``folder`` by stem (hidden files skipped), sorted.
+
+    Raises:
+        DatasetNotFoundError: the folder does not exist or holds no image.
+        PairingError: two files share a stem (``a.png`` and ``a.tif``), so pairing would be ambiguous.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DatasetNotFoundError(f"{folder}: folder not found")
+    found: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith(".") or not path.is_file() or path.suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        if path.stem in found:
+            raise PairingError(f"{folder}: stem '{path.stem}' appears twice ({found[path.stem].name}, {path.name})")
+        found[path.stem] = path
+    if not found:
+        raise DatasetNotFoundError(f"{folder}: no mask images ({', '.join(IMAGE_SUFFIXES)}) found")
+    return found
+
+
+def _pair(pred: dict[str, Path], gt: dict[str, Path], pred_dir: Path, gt_dir: Path) -> list[str]:
+    """Stems present in both, or a PairingError naming the first orphan and the folder it is missing from."""
+    for stem in sorted(pred):
+        if stem not in gt:
+            raise PairingError(f"prediction '{stem}' ({pred[stem]}) has no ground truth in {gt_dir}")
+    for stem in sorted(gt):
+        if stem not in pred:
+            raise PairingError(f"ground truth '{stem}' ({gt[stem]}) has no prediction in {pred_dir}")
+    return sorted(gt)
+
+
+def _single_band(path: Path) -> np.ndarray:
+    """An ``(H, W)`` mask; multi-band files are accepted only when all bands are equal (grey saved as RGB)."""
+    arr = cast(np.ndarray, read_image(path))
+    if arr.shape[2] > 1:
+        if not (arr == arr[:, :, :1]).all():
+            raise LabelValueError(f"{path}: mask has {arr.shape[2]} different bands; expected a single-band mask")
+    return arr[:, :, 0]
+
+
+def _values(arr: np.ndarray) -> list[int]:
+    return [int(v) for v in np.unique(arr)[:20]]
+
+
+def read_binary_prediction(path: Path) -> np.ndarray:
+    """A predicted change mask as 0/1; the file must hold only {0, 255} or only {0, 1}."""
+    arr = _single_band(path)
+    vals = set(_values(arr))
+    if not (vals <= {0, 255} or vals <= {0, 1}):
+        raise LabelValueError(f"{path}: prediction values {sorted(vals)} are not 0/255 or 0/1 (binary mask expected)")
+    return (arr > 0).astype(np.int64)
+
+
+def read_binary_label(path: Path) -> np.ndarray:
+    """A change label as 0/1/255 (255 = ignore).
+
+    The value set of each file decides its convention: {0, 255} means 255 = change, {0, 1} means 1 = change,
+    {0, 1, 255} means 1 = change and 255 = ignore. Anything else raises :class:`LabelValueError`.
+    """
+    arr = _single_band(path)
+    vals = set(_values(arr))
+    if vals <= {0, 255}:
+        return (arr == 255).astype(np.int64)
+    if vals <= {0, 1, 255}:
+        return arr.astype(np.int64)
+    raise LabelValueError(
+        f"{path}: label values {sorted(vals)} are not one of {{0,255}}, {{0,1}} or {{0,1,255}} (255 = ignore)"
+    )
+
+
+def read_class_map(path: Path) -> np.ndarray:
+    """A class-index map ``(H, W)``: palette or grey PNG indices, or a single-band raster."""
+    if path.suffix.lower() in _PALETTE_SUFFIXES:
+        return read_palette_indices(path).astype(np.int64)
+    return _single_band(path).astype(np.int64)
+
+
+def _check_size(a: np.ndarray, b: np.ndarray, path_a: Path, path_b: Path) -> None:
+    if a.shape[:2] != b.shape[:2]:
+        raise SizeMismatchError(
+            f"{path_a} is {a.shape[1]}x{a.shape[0]} but {path_b} is {b.shape[1]}x{b.shape[0]} (width x height)"
+        )
+
+
+def _write_json(out: str | Path, result: dict[str, Any]) -> None:
+    with atomic_path(out) as tmp:
+        tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    logger.info("wrote %s", out)
+
+
+def eval_masks(
+    pred_dir: str | Path,
+    gt_dir: str | Path,
+    out: str | Path | None = None,
+    task: str = "binary",
+    num_classes: int | None = None,
+    ignore_index: int = 255,
+) -> dict[str, Any]:
+    """Score saved prediction masks against ground-truth labels, paired by file stem.
+
+    Args:
+        pred_dir: ``binary``: predicted masks (0/255 or 0/1). ``semantic``: folder with ``label1/``,
+            ``label2/`` (class-index maps) and optionally ``change/`` (0/255 or 0/1).
+        gt_dir: the same layout for the ground truth (binary labels as in :func:`read_binary_label`).
+        out: JSON file written atomically with the result, if given.
+        task: ``"binary"`` or ``"semantic"``.
+        num_classes: semantic only (required): the number of land-cover classes C.
+        ignore_index: semantic only: the class-map ignore value (outside ``[0, C)``).
+
+    Returns:
+        ``binary``: ``precision``, ``recall``, ``f1``, ``iou``, ``oa``, ``kappa``, ``confusion``,
+        ``num_images``. ``semantic``: :meth:`SCDMetrics.compute` plus ``num_images``. Without a ``change/``
+        folder, change is ``label1 != label2`` (ground truth: ignored where either date is ignored).
+    """
+    pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
+    if task not in TASKS:
+        raise ConfigError(f"task: unknown task '{task}'{suggest(task, TASKS)}; choose one of {', '.join(TASKS)}")
+    if task == "binary":
+        result = _eval_binary(pred_dir, gt_dir)
+    else:
+        if num_classes is None:
+            raise ConfigError("num_classes: required for task 'semantic' (the number of land-cover classes)")
+        result = _eval_semantic(pred_dir, gt_dir, int(num_classes), int(ignore_index))
+    if out is not None:
+        _write_json(out, result)
+    return result
+
+
+def _eval_binary(pred_dir: Path, gt_dir: Path) -> dict[str, Any]:
+    preds, gts = list_masks(pred_dir), list_masks(gt_dir)
+    stems = _pair(preds, gts, pred_dir, gt_dir)
+    cm = ConfusionMatrix(2, ignore_index=255)
+    for stem in stems:
+        pred, gt = read_binary_prediction(preds[stem]), read_binary_label(gts[stem])
+        _check_size(pred, gt, preds[stem], gts[stem])
+        cm.update(torch.from_numpy(pred), torch.from_numpy(gt))
+    metrics = binary_metrics(cm)
+    result: dict[str, Any] = {k: metrics[k] for k in BINARY_KEYS}
+    result["confusion"] = metrics["confusion"]
+    result["num_images"] = len(stems)
+    logger.info("evaluated %d binary masks: F1 %.4f, IoU %.4f", len(stems), result["f1"], result["iou"])
+    return result
+
+
+def _semantic_folders(root: Path) -> dict[str, dict[str, Path]]:
+    folders = {"label1": list_masks(root / "label1"), "label2": list_masks(root / "label2")}
+    if (root / "change").is_dir():
+        folders["change"] = list_masks(root / "change")
+    for name in ("label2", "change"):
+        if name in folders:
+            _pair(folders[name], folders["label1"], root / name, root / "label1")
+    return folders
+
+
+def _eval_semantic(pred_dir: Path, gt_dir: Path, num_classes: int, ignore_index: int) -> dict[str, Any]:
+    pred, gt = _semantic_folders(pred_dir), _semantic_folders(gt_dir)
+    stems = _pair(pred["label1"], gt["label1"], pred_dir / "label1", gt_dir / "label1")
+    metrics = SCDMetrics(num_classes, ignore_index=ignore_index)
+    for stem in stems:
+        paths = {
+            f"{side}_{name}": folders[name][stem] for side, folders in (("pred", pred), ("gt", gt)) for name in folders
+        }
+        maps: dict[str, np.ndarray] = {}
+        for key, path in paths.items():
+            if key.endswith("change"):
+                maps[key] = read_binary_prediction(path) if key.startswith("pred") else read_binary_label(path)
+            else:
+                maps[key] = read_class_map(path)
+            _check_size(maps[key], maps.get("pred_label1", maps[key]), path, paths["pred_label1"])
+        for key in ("pred_label1", "pred_label2", "gt_label1", "gt_label2"):
+            allowed = () if key.startswith("pred") else (ignore_index,)
+            vals = np.unique(maps[key])
+            bad = vals[((vals < 0) | (vals >= num_classes)) & ~np.isin(vals, allowed)]
+            if bad.size:
+                extra = f" and not the ignore value {ignore_index}" if allowed else ""
+                raise LabelValueError(
+                    f"{paths[key]}: class values {bad[:10].tolist()} outside [0, {num_classes}){extra}"
+                )
+        t = {k: torch.from_numpy(v) for k, v in maps.items()}
+        metrics.update(
+            t["pred_label1"], t["pred_label2"], t.get("pred_change"), t["gt_label1"], t["gt_label2"], t.get("gt_change")
+        )
+    result = metrics.compute()
+    result["num_images"] = len(stems)
+    logger.info("evaluated %d semantic mask pairs: SeK %.4f, Fscd %.4f", len(stems), result["sek"], result["fscd"])
+    return result

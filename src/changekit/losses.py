@@ -1,0 +1,322 @@
+"""Loss functions with ignore handling, and the config-built composite loss the engine optimises.
+
+Logit layouts (``ChangeOutput.change`` may have 1 or K channels):
+
+* ``bce``: binary cross-entropy on a sigmoid logit. 1-channel logits are used as is; 2-channel logits use
+  ``l1 - l0`` (whose sigmoid is softmax channel 1, so this equals 2-class ``ce``).
+* ``ce``: softmax cross-entropy over K channels. A 1-channel logit ``l`` is read as the two-class logits
+  ``[0, l]`` (softmax of which is ``[1 - sigmoid(l), sigmoid(l)]``).
+* ``focal``: softmax focal loss ``-alpha (1 - p_t)^gamma log p_t`` (MISGNet's form: one scalar alpha for all
+  classes), mean over valid pixels; 1-channel logits are read as ``[0, l]`` as for ``ce``.
+* ``dice``: ``mode="binary"`` scores the change probability (sigmoid, or softmax channel 1) against
+  ``target == 1``; ``mode="multiclass"`` averages the dice of every class over softmax probabilities
+  (MISGNet's ``1 - mean_c 2 sum(p y) / (sum(p + y) + eps)``). Sums run over all pixels of the batch.
+  ``skip_empty=True`` scores classes absent from the target as 0 loss (smp's ``DiceLoss`` behaviour, which
+  ClearSCD uses).
+
+Every loss ignores pixels whose target equals ``ignore_index`` (default 255), and a batch with no valid pixel
+gives a loss of exactly 0 (still attached to the graph), never NaN. Losses compute in float32 whatever the
+logits' dtype.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import ConfigError, LabelValueError, suggest
+from .models.outputs import ChangeOutput
+
+log = logging.getLogger(__name__)
+
+TARGETS = {"change": ("change", "mask"), "sem_a": ("sem_a", "sem_a"), "sem_b": ("sem_b", "sem_b")}
+
+
+def _prepare(
+    logits: torch.Tensor, target: torch.Tensor, ignore_index: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Float32 logits ``(N, K, H, W)``, int64 target ``(N, H, W)`` and its valid mask; checks shapes and values."""
+    if target.ndim == logits.ndim and target.shape[1] == 1:
+        target = target[:, 0]
+    if logits.ndim != 4 or target.shape != (logits.shape[0], *logits.shape[2:]):
+        raise ValueError(
+            f"logits {tuple(logits.shape)} and target {tuple(target.shape)} do not match: expected (N, K, H, W) "
+            "logits and an (N, H, W) target of the same size"
+        )
+    target = target.long()
+    valid = target != ignore_index
+    classes = max(logits.shape[1], 2)
+    bad = valid & ((target < 0) | (target >= classes))
+    if bool(bad.any()):
+        found = sorted(set(target[bad].unique()[:5].tolist()))
+        raise LabelValueError(
+            f"target holds values {found} outside 0..{classes - 1} (ignore_index {ignore_index}); "
+            "check the labels or set ignore_index"
+        )
+    return logits.float(), target, valid
+
+
+def _as_multiclass(logits: torch.Tensor) -> torch.Tensor:
+    """Read a 1-channel sigmoid logit ``l`` as two-class logits ``[0, l]``; K-channel logits pass through."""
+    if logits.shape[1] == 1:
+        return torch.cat([torch.zeros_like(logits), logits], dim=1)
+    return logits
+
+
+def _masked_mean(values: torch.Tensor, valid: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean of ``values`` over valid pixels (optionally weighted); 0 when nothing is valid."""
+    w = valid.to(values.dtype) if weights is None else weights * valid
+    return (torch.where(valid, values, 0.0) * w).sum() / w.sum().clamp_min(1e-12)
+
+
+def _number(name: str, value: Any, low: float | None = None) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or (low is not None and value < low):
+        bound = f" >= {low}" if low is not None else ""
+        raise ConfigError(f"parameter '{name}' must be a number{bound}, got {value!r}")
+    return float(value)
+
+
+def _ignore(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"parameter 'ignore_index' must be an integer, got {value!r}")
+    return value
+
+
+class BCELoss(nn.Module):
+    """Binary cross-entropy on 1-channel logits (2-channel: on ``l1 - l0``), mean over valid pixels.
+
+    Args:
+        ignore_index: target value excluded from the loss.
+        pos_weight: weight of the positive (change) term, e.g. ``#neg / #pos`` for rare change.
+    """
+
+    def __init__(self, ignore_index: int = 255, pos_weight: float | None = None) -> None:
+        super().__init__()
+        self.ignore_index = _ignore(ignore_index)
+        self.pos_weight = None if pos_weight is None else _number("pos_weight", pos_weight, 0.0)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        if logits.shape[1] > 2:
+            raise ValueError(f"bce needs 1- or 2-channel logits, got {logits.shape[1]} channels; use 'ce'")
+        logits, target, valid = _prepare(logits, target, self.ignore_index)
+        logit = logits[:, 0] if logits.shape[1] == 1 else logits[:, 1] - logits[:, 0]
+        y = (target == 1).to(logit.dtype)
+        pw = None if self.pos_weight is None else logit.new_tensor(self.pos_weight)
+        values = F.binary_cross_entropy_with_logits(logit, y, pos_weight=pw, reduction="none")
+        return _masked_mean(values, valid)
+
+
+class CELoss(nn.Module):
+    """Softmax cross-entropy, mean over valid pixels (weighted mean with ``class_weights``, like torch).
+
+    Args:
+        ignore_index: target value excluded from the loss (e.g. 9 for Hi-UCD's unlabeled class).
+        class_weights: one weight per class, or ``None``.
+    """
+
+    def __init__(self, ignore_index: int = 255, class_weights: list[float] | None = None) -> None:
+        super().__init__()
+        self.ignore_index = _ignore(ignore_index)
+        cw = None
+        if class_weights is not None:
+            if not isinstance(class_weights, list | tuple) or not class_weights:
+                raise ConfigError(f"parameter 'class_weights' must be a list of numbers, got {class_weights!r}")
+            cw = torch.tensor([_number("class_weights", w, 0.0) for w in class_weights], dtype=torch.float32)
+        self.register_buffer("class_weights", cw, persistent=False)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        logits, target, valid = _prepare(_as_multiclass(logits), target, self.ignore_index)
+        t = torch.where(valid, target, 0)
+        nll = -logits.log_softmax(1).gather(1, t.unsqueeze(1)).squeeze(1)
+        weights = None
+        if self.class_weights is not None:
+            if self.class_weights.numel() != logits.shape[1]:
+                raise ConfigError(
+                    f"parameter 'class_weights' has {self.class_weights.numel()} entries but the logits have "
+                    f"{logits.shape[1]} classes"
+                )
+            weights = self.class_weights[t]
+        return _masked_mean(nll, valid, weights)
+
+
+class FocalLoss(nn.Module):
+    """Softmax focal loss ``-alpha (1 - p_t)^gamma log p_t`` (Lin et al. 2017, in MISGNet's form), mean over
+    valid pixels. With ``gamma=0, alpha=1`` it equals ``ce``.
+
+    Args:
+        alpha: scalar weight of every term (MISGNet: 0.2).
+        gamma: focusing exponent (>= 0).
+        ignore_index: target value excluded from the loss.
+    """
+
+    def __init__(self, alpha: float = 1.0, gamma: float = 2.0, ignore_index: int = 255) -> None:
+        super().__init__()
+        self.alpha = _number("alpha", alpha, 0.0)
+        self.gamma = _number("gamma", gamma, 0.0)
+        self.ignore_index = _ignore(ignore_index)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        logits, target, valid = _prepare(_as_multiclass(logits), target, self.ignore_index)
+        t = torch.where(valid, target, 0)
+        logpt = logits.log_softmax(1).gather(1, t.unsqueeze(1)).squeeze(1)
+        focal = (1 - logpt.exp()).clamp_min(0).pow(self.gamma) if self.gamma else 1.0
+        return _masked_mean(-self.alpha * focal * logpt, valid)
+
+
+class DiceLoss(nn.Module):
+    """Soft dice loss from logits over the whole batch.
+
+    Args:
+        mode: ``"binary"`` (change probability vs ``target == 1``) or ``"multiclass"`` (mean over classes of
+            softmax dice; a 1-channel logit counts as the two classes ``1 - p, p``).
+        ignore_index: target value excluded from the loss.
+        smooth: added to numerator and denominator (0 = the plain ratio).
+        eps: added to the denominator against 0 / 0.
+        skip_empty: a class with no target pixel contributes 0 loss (smp / ClearSCD) instead of ``1 - dice``.
+    """
+
+    def __init__(
+        self,
+        mode: str = "binary",
+        ignore_index: int = 255,
+        smooth: float = 0.0,
+        eps: float = 1e-7,
+        skip_empty: bool = False,
+    ) -> None:
+        super().__init__()
+        if mode not in ("binary", "multiclass"):
+            raise ConfigError(f"parameter 'mode' must be 'binary' or 'multiclass', got {mode!r}")
+        if not isinstance(skip_empty, bool):
+            raise ConfigError(f"parameter 'skip_empty' must be true or false, got {skip_empty!r}")
+        self.mode = mode
+        self.ignore_index = _ignore(ignore_index)
+        self.smooth = _number("smooth", smooth, 0.0)
+        self.eps = _number("eps", eps, 0.0)
+        self.skip_empty = skip_empty
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        if self.mode == "binary" and logits.shape[1] > 2:
+            raise ValueError(f"binary dice needs 1- or 2-channel logits, got {logits.shape[1]}; use mode multiclass")
+        logits, t, valid = _prepare(logits, target, self.ignore_index)
+        v = valid.unsqueeze(1).to(logits.dtype)
+        if self.mode == "binary":
+            prob = logits.sigmoid() if logits.shape[1] == 1 else logits.softmax(1)[:, 1:]
+            onehot = (t == 1).unsqueeze(1).to(logits.dtype)
+        else:
+            prob = _as_multiclass(logits).softmax(1)
+            onehot = F.one_hot(torch.where(valid, t, 0), prob.shape[1]).permute(0, 3, 1, 2).to(logits.dtype)
+        prob, onehot = prob * v, onehot * v
+        dims = (0, 2, 3)
+        inter = (prob * onehot).sum(dims)
+        present = onehot.sum(dims)
+        dice = (2 * inter + self.smooth) / (prob.sum(dims) + present + self.smooth + self.eps)
+        loss = 1 - dice
+        if self.skip_empty:
+            loss = loss * (present > 0)
+        return loss.mean() * valid.any()
+
+
+LOSSES: dict[str, type[nn.Module]] = {"bce": BCELoss, "ce": CELoss, "dice": DiceLoss, "focal": FocalLoss}
+
+
+class CompositeLoss(nn.Module):
+    """A weighted sum of loss terms, each comparing one model output with one batch key.
+
+    Built by :func:`build_loss`. ``forward`` returns the total and the unweighted value of every term
+    (detached, for logging) under names like ``focal``, ``dice``, ``ce_sem_a`` (a repeated name gets ``_2``).
+    """
+
+    def __init__(self, terms: list[tuple[str, float, str, nn.Module]]) -> None:
+        super().__init__()
+        if not terms:
+            raise ConfigError("loss: at least one loss term is required")
+        self.names = [t[0] for t in terms]
+        self.weights = [t[1] for t in terms]
+        self.targets = [t[2] for t in terms]
+        self.terms = nn.ModuleList([t[3] for t in terms])
+
+    def forward(self, output: ChangeOutput, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Total loss and the per-term values for a model ``output`` and its ``batch``."""
+        weighted: list[torch.Tensor] = []
+        parts: dict[str, torch.Tensor] = {}
+        for name, weight, target, term in zip(self.names, self.weights, self.targets, self.terms, strict=True):
+            out_attr, batch_key = TARGETS[target]
+            logits = getattr(output, out_attr)
+            if logits is None:
+                raise ConfigError(f"loss term '{name}' targets '{target}' but the model returns no {out_attr} logits")
+            if batch_key not in batch:
+                raise ConfigError(f"loss term '{name}' needs batch key '{batch_key}', which the dataset does not give")
+            try:
+                value = term(logits, batch[batch_key])
+            except LabelValueError as exc:
+                raise LabelValueError(f"loss term '{name}', batch key '{batch_key}': {exc}") from exc
+            parts[name] = value.detach()
+            weighted.append(weight * value)
+        return torch.stack(weighted).sum(), parts
+
+    def extra_repr(self) -> str:  # noqa: D102
+        return ", ".join(f"{n}*{w:g}->{t}" for n, w, t in zip(self.names, self.weights, self.targets, strict=True))
+
+
+def build_loss(spec: list[dict[str, Any]], key: str = "loss") -> CompositeLoss:
+    """Build a :class:`CompositeLoss` from config entries.
+
+    Each entry is ``{name, weight=1.0, target="change", **params}``, e.g.
+    ``[{"name": "focal", "weight": 0.5, "alpha": 0.2, "gamma": 2}, {"name": "dice", "mode": "multiclass"},
+    {"name": "ce", "target": "sem_a", "ignore_index": 9}]``. ``target`` picks ``output.change`` vs
+    ``batch["mask"]``, ``output.sem_a`` vs ``batch["sem_a"]`` or ``output.sem_b`` vs ``batch["sem_b"]``.
+
+    Args:
+        spec: the list of entries.
+        key: the config key the list came from, used in error messages.
+
+    Raises:
+        ConfigError: unknown loss name, target or parameter, or a bad value (the message names the entry).
+    """
+    if isinstance(spec, dict):
+        spec = [spec]
+    if not isinstance(spec, list) or not spec:
+        raise ConfigError(f"{key}: expected a non-empty list of loss entries, got {spec!r}")
+    terms: list[tuple[str, float, str, nn.Module]] = []
+    seen: dict[str, int] = {}
+    for i, entry in enumerate(spec):
+        where = f"{key}[{i}]"
+        if not isinstance(entry, dict) or "name" not in entry:
+            raise ConfigError(f"{where}: expected a mapping with a 'name' key, got {entry!r}")
+        params = dict(entry)
+        name = params.pop("name")
+        if name not in LOSSES:
+            raise ConfigError(f"{where}: unknown loss '{name}'{suggest(str(name), LOSSES)}; known: {', '.join(LOSSES)}")
+        try:
+            weight = _number("weight", params.pop("weight", 1.0))
+        except ConfigError as exc:
+            raise ConfigError(f"{where} ({name}): {exc}") from exc
+        target = params.pop("target", "change")
+        if target not in TARGETS:
+            raise ConfigError(
+                f"{where} ({name}): unknown target '{target}'{suggest(str(target), TARGETS)}; "
+                f"known: {', '.join(TARGETS)}"
+            )
+        cls = LOSSES[name]
+        allowed = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+        for p in params:
+            if p not in allowed:
+                raise ConfigError(
+                    f"{where} ({name}): unknown parameter '{p}'{suggest(str(p), allowed + ['weight', 'target'])}; "
+                    f"accepted: {', '.join(['weight', 'target'] + allowed)}"
+                )
+        try:
+            module = cls(**params)
+        except ConfigError as exc:
+            raise ConfigError(f"{where} ({name}): {exc}") from exc
+        base = name if target == "change" else f"{name}_{target}"
+        seen[base] = seen.get(base, 0) + 1
+        label = base if seen[base] == 1 else f"{base}_{seen[base]}"
+        terms.append((label, weight, target, module))
+    log.debug("built loss %s", [(n, w, t) for n, w, t, _ in terms])
+    return CompositeLoss(terms)

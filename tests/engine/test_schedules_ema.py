@@ -1,0 +1,77 @@
+"""Learning-rate schedules and the EMA of weights."""
+
+import pytest
+import torch
+from torch import nn
+
+from changekit.config import DEFAULTS
+from changekit.engine.ema import EMAWeights
+from changekit.engine.schedules import build_optimizer, build_scheduler, lr_lambda
+from changekit.errors import ConfigError
+
+
+def _sched(**kw: object) -> dict:
+    return {**DEFAULTS["schedule"], **kw}
+
+
+def test_warmup_then_poly_matches_misgnet_formula() -> None:
+    # MISGNet: one warm-up epoch (factor 1e-3 -> 1), then (1 - (it - warm) / ((epochs - 1) * iters)) ** 0.9
+    iters, epochs = 10, 5
+    f = lr_lambda(_sched(name="poly", power=0.9, warmup=iters, warmup_factor=1e-3), iters * epochs, iters, 1.0)
+    assert f(0) == pytest.approx(1e-3)
+    assert f(5) == pytest.approx(1e-3 + (1 - 1e-3) * 0.5)
+    for it in (10, 17, 33, 49):
+        assert f(it) == pytest.approx((1 - (it - iters) / ((epochs - 1) * iters)) ** 0.9)
+
+
+def test_step_cosine_and_unknown() -> None:
+    f = lr_lambda(_sched(name="step", step_size=10, gamma=0.9), 100, 0, 1.0)
+    assert [f(0), f(9), f(10), f(25)] == pytest.approx([1, 1, 0.9, 0.81])
+    g = lr_lambda(_sched(name="cosine"), 100, 0, 1.0)
+    assert g(0) == pytest.approx(1) and g(50) == pytest.approx(0.5) and g(100) == pytest.approx(0)
+    with pytest.raises(ConfigError, match="unknown schedule 'pol' \\(did you mean 'poly'\\?\\)"):
+        lr_lambda(_sched(name="pol"), 10, 0, 1.0)
+
+
+def test_scheduler_steps_learning_rate() -> None:
+    model = nn.Linear(2, 2)
+    opt = build_optimizer(model, {**DEFAULTS["optim"], "name": "adamw", "lr": 1.0})
+    sched = build_scheduler(opt, _sched(name="linear", interval="step"), steps_per_epoch=5, total_steps=10)["scheduler"]
+    lrs = []
+    for _ in range(10):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(1.0) and lrs[5] == pytest.approx(0.5)
+
+
+def test_no_decay_groups() -> None:
+    model = nn.Sequential(nn.Conv2d(1, 2, 1), nn.BatchNorm2d(2))
+    opt = build_optimizer(model, {**DEFAULTS["optim"], "no_decay_bias_norm": True})
+    assert [g["weight_decay"] for g in opt.param_groups] == [DEFAULTS["optim"]["weight_decay"], 0.0]
+    assert len(opt.param_groups[0]["params"]) == 1  # the conv weight only
+
+
+def test_ema_copies_then_averages() -> None:
+    model = nn.Linear(1, 1, bias=False)
+    ema = EMAWeights(model, beta=0.5, update_after_step=2)
+    for value in (1.0, 2.0):  # steps 1 and 2: plain copies
+        model.weight.data.fill_(value)
+        ema.update(model)
+        assert ema.module.weight.item() == value
+    model.weight.data.fill_(4.0)
+    ema.update(model)  # 0.5 * 2 + 0.5 * 4
+    assert ema.module.weight.item() == pytest.approx(3.0)
+    assert not ema.module.weight.requires_grad
+    assert "module.weight" in ema.state_dict() and "step" in ema.state_dict()
+
+
+def test_ema_decay_warmup() -> None:
+    ema = EMAWeights(nn.Linear(1, 1), beta=0.9999, update_after_step=0, warmup_power=2 / 3)
+    ema.step.fill_(1)
+    assert ema.decay() == 0.0
+    ema.step.fill_(11)
+    assert ema.decay() == pytest.approx(1 - 11 ** (-2 / 3))
+    ema.step.fill_(10**9)
+    assert ema.decay() == 0.9999
+    assert torch.equal(ema.step, torch.tensor(10**9))
