@@ -210,6 +210,20 @@ def data_synth(
     typer.echo(f"wrote {n} pairs to {out}")
 
 
+def _register_plugins() -> None:
+    """Add the commands of every module in :mod:`changekit.commands`."""
+    import importlib
+    import pkgutil
+
+    from . import commands
+
+    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
+        importlib.import_module(f"{commands.__name__}.{info.name}").register(app, data_app)
+
+
+_register_plugins()
+
+
 def _one_line(exc: BaseException) -> str:
     """The user-facing line of an error, also when a DataLoader worker wrapped it with a traceback."""
     lines = [ln for ln in str(exc).splitlines() if ln.strip()]

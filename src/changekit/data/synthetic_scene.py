@@ -32,7 +32,7 @@ _ROOFS = np.array(
     [(0.62, 0.30, 0.22), (0.55, 0.55, 0.56), (0.78, 0.77, 0.75), (0.32, 0.32, 0.34), (0.50, 0.55, 0.62),
      (0.70, 0.45, 0.30)], np.float32)
 _VEG_SUMMER = np.array([0.20, 0.33, 0.14], np.float32)
-_VEG_DRY = np.array([0.43, 0.42, 0.24], np.float32)
+_VEG_DRY = np.array([0.40, 0.42, 0.22], np.float32)
 _SHADOW = np.array([0.42, 0.45, 0.56], np.float32)
 _HAZE = np.array([0.75, 0.78, 0.85], np.float32)
 _TEXTURES = ("urban", "veg", "lake", "parcel", "soil", "canopy", "fine", "moist", "pheno")
@@ -235,7 +235,7 @@ def make_layout(size: int, rng: np.random.Generator) -> Layout:
         gabled=(rng.random(n) < 0.65).astype(np.float32), angle=angle, road_width=road_w, tex=tex,
         soil_col=np.array([0.62, 0.52, 0.40], np.float32) * rng.uniform(0.88, 1.1, 3).astype(np.float32),
         water_col=np.array([0.10, 0.18, 0.22], np.float32) * rng.uniform(0.8, 1.25, 3).astype(np.float32),
-        road_col=np.full(3, rng.uniform(0.36, 0.46), np.float32) + rng.uniform(-0.02, 0.02, 3).astype(np.float32),
+        road_col=np.full(3, rng.uniform(0.30, 0.42), np.float32) + rng.uniform(-0.02, 0.02, 3).astype(np.float32),
     )
 
 
@@ -335,7 +335,7 @@ def draw_look(rng: np.random.Generator, previous: DateLook | None = None) -> Dat
     """Draw acquisition conditions; a second date keeps the sun azimuth within ~40 degrees of the first."""
     sun = rng.uniform(0, 2 * np.pi) if previous is None else previous.sun + rng.uniform(-0.7, 0.7)
     return DateLook(
-        sun=float(sun), shadow=float(rng.uniform(0.4, 1.0)), season=float(rng.uniform(0, 0.6)),
+        sun=float(sun), shadow=float(rng.uniform(0.4, 1.0)), season=float(rng.uniform(0, 0.5)),
         moisture=float(rng.uniform(0.85, 1.1)), turbidity=float(rng.uniform(0, 1)),
         patch_sign=1.0 if previous is None else -1.0, patch_thr=float(rng.uniform(0.4, 1.4)),
         white=(1 + rng.uniform(-0.07, 0.07, 3)).astype(np.float32), gain=float(rng.uniform(0.82, 1.2)),
@@ -370,8 +370,8 @@ def render(lay: Layout, cls: np.ndarray, built: np.ndarray, look: DateLook) -> n
     img[m] = lay.soil_col * shade[m, None]
     m = cls == VEGETATION
     dry = np.clip(look.season + 0.12 * t["parcel"]
-                  + 0.35 * np.clip((look.patch_sign * t["pheno"] - look.patch_thr) * 2, 0, 1), 0, 1)[m, None]
-    trees = np.clip(t["veg"][m] * 0.8, 0.15, 1.0)  # denser canopy texture where vegetation is dense
+                  + 0.3 * np.clip((look.patch_sign * t["pheno"] - look.patch_thr) * 2, 0, 1), 0, 1)[m, None]
+    trees = np.clip(t["veg"][m] * 0.8, 0.3, 1.0)  # denser canopy texture where vegetation is dense
     crown = 1 + trees * 0.22 * np.tanh(1.5 * t["canopy"][m]) + 0.05 * t["fine"][m] + 0.08 * t["parcel"][m]
     img[m] = (_VEG_SUMMER + (_VEG_DRY - _VEG_SUMMER) * dry) * crown[:, None]
     m = cls == WATER

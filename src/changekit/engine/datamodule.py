@@ -20,7 +20,7 @@ def build_dataset(cfg: dict[str, Any], split: str, augment: bool = False) -> Cha
     source = cfg.get(split)
     if source is None:
         raise ConfigError(f"config key 'data.{split}' is not set (a folder or a path-list file)")
-    transform = build_transforms(cfg["augment"]) if augment else None
+    transform = build_transforms(cfg["augment"], ignore_index=int(cfg["ignore_index"])) if augment else None
     return ChangeDataset(
         source, root=cfg["root"], layout=cfg["layout"], task=cfg["task"], transform=transform,
         mean=cfg["mean"], std=cfg["std"], check_values=cfg["check_values"], ignore_index=cfg["ignore_index"],
