@@ -14,13 +14,15 @@ from changekit.data.io import read_image, read_palette_indices
 from changekit.data.synthetic import (
     CLASS_NAMES,
     PALETTE,
+    Sensor,
+    acquire,
     make_large_scene,
     make_scene,
     pair_rng,
     synthesize,
     synthesize_geotiff_pair,
 )
-from changekit.data.synthetic_scene import BUILDING, SOIL, VEGETATION, WATER, DateLook, acquire
+from changekit.data.synthetic_scene import BUILDING, SOIL, VEGETATION, WATER
 from changekit.errors import ConfigError
 
 SIZE = 64
@@ -124,8 +126,7 @@ def test_nuisance_defeats_thresholded_difference_but_change_is_visible() -> None
 
 
 def test_misregistration_moves_date_b_content() -> None:
-    neutral = DateLook(sun=0, shadow=1, season=0, moisture=1, turbidity=0, patch_sign=1, patch_thr=9,
-                       white=np.ones(3, np.float32), gain=1.0, gamma=1.0, bias=0.0, haze=0.0, noise=0.0)
+    neutral = Sensor(white=np.ones(3, np.float32), gain=1.0, gamma=1.0, bias=0.0, haze=0.0, noise=0.0)
     img = np.zeros((40, 40, 3), np.float32)
     img[10:20, 15:25] = 1.0
     rng = np.random.default_rng(0)
@@ -242,6 +243,12 @@ def test_synthesize_refuses_foreign_folder_and_bad_arguments(tmp_path: Path) -> 
         synthesize(tmp_path / "x", n=1, size=SIZE, change_fraction=(0.3, 0.1))
     with pytest.raises(ConfigError, match="n:"):
         synthesize(tmp_path / "x", n=0, size=SIZE)
+    with pytest.raises(ConfigError, match="seed"):
+        synthesize(tmp_path / "x", n=1, size=SIZE, seed=-1)
+    with pytest.raises(ConfigError, match="prefix"):
+        synthesize(tmp_path / "x", n=1, size=SIZE, prefix="../evil")
+    with pytest.raises(ConfigError, match="max_shift"):
+        make_scene(SIZE, pair_rng(0, 0), max_shift=20)
     assert not (tmp_path / "x").exists()
 
 

@@ -113,10 +113,10 @@ def _time_runs(fn: Callable[[], Any], device: torch.device, warmup: int, iters: 
 def _build(model_name_or_module: str | nn.Module, in_channels: int, model_kwargs: dict[str, Any] | None) -> nn.Module:
     if isinstance(model_name_or_module, nn.Module):
         return model_name_or_module
-    from .models.registry import _accepted_args, build_model, get_builder
+    from .models.registry import accepted_args, build_model, get_builder
 
     kwargs = dict(model_kwargs or {})
-    allowed = _accepted_args(get_builder(model_name_or_module))
+    allowed = accepted_args(get_builder(model_name_or_module))
     if allowed is None or "in_channels" in allowed:
         kwargs.setdefault("in_channels", in_channels)
     return build_model(model_name_or_module, **kwargs)

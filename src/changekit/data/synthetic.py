@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +27,11 @@ import yaml
 
 from ..errors import ConfigError
 from .io import GeoInfo, atomic_dir, write_geotiff, write_png
-from .synthetic_scene import CLASS_NAMES, PALETTE, acquire, apply_changes, draw_look, make_layout, render
+from .synthetic_scene import CLASS_NAMES, PALETTE, apply_changes, draw_look, make_layout, noise, render
 
 __all__ = [
     "CLASS_NAMES", "PALETTE", "IGNORE_INDEX", "DEFAULT_CHANGE_FRACTION", "make_scene", "make_large_scene",
-    "pair_rng", "synthesize", "synthesize_geotiff_pair", "class_table",
+    "pair_rng", "synthesize", "synthesize_geotiff_pair", "class_table", "Sensor", "draw_sensor", "acquire",
 ]
 
 logger = logging.getLogger(__name__)
@@ -39,6 +40,7 @@ IGNORE_INDEX = 255
 DEFAULT_CHANGE_FRACTION = (0.04, 0.22)
 _MARKER = "synthetic.yaml"  # provenance file; also marks a folder that synthesize may rewrite
 _ALL_DIRS = ("A", "B", "label", "im1", "im2", "label1", "label2")
+_HAZE = np.array([0.75, 0.78, 0.85], np.float32)
 _GEO_CRS = "EPSG:32633"
 _GEO_ORIGIN = (500_000.0, 5_000_000.0)  # made-up UTM 33N easting / northing of the top-left corner
 _GEO_PIXEL = 0.5  # metres
@@ -53,9 +55,56 @@ def _check_args(size: int, change_fraction: Sequence[float], max_shift: float) -
         raise ConfigError(f"change_fraction: expected (low, high), got {change_fraction!r}") from None
     if not 0.0 <= lo <= hi <= 0.9:
         raise ConfigError(f"change_fraction: expected 0 <= low <= high <= 0.9, got ({lo}, {hi})")
-    if not 0.0 <= float(max_shift) <= 8.0:
+    if not isinstance(max_shift, (int, float, np.number)) or not 0.0 <= float(max_shift) <= 8.0:
         raise ConfigError(f"max_shift: expected 0..8 pixels, got {max_shift!r}")
     return lo, hi
+
+
+def _check_seed(seed: int) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ConfigError(f"seed: expected a non-negative integer, got {seed!r}")
+    return int(seed)
+
+
+@dataclass
+class Sensor:
+    """Per-date radiometry of the camera and atmosphere (white balance, gain, gamma, haze, noise)."""
+
+    white: np.ndarray
+    gain: float
+    gamma: float
+    bias: float
+    haze: float
+    noise: float
+
+
+def draw_sensor(rng: np.random.Generator) -> Sensor:
+    """Draw one date's radiometry: the two dates of a pair never share it, as with real acquisitions."""
+    return Sensor(
+        white=(1 + rng.uniform(-0.07, 0.07, 3)).astype(np.float32), gain=float(rng.uniform(0.82, 1.2)),
+        gamma=float(rng.uniform(0.8, 1.25)), bias=float(rng.uniform(-0.04, 0.04)),
+        haze=float(rng.uniform(0, 0.12)), noise=float(rng.uniform(0.006, 0.02)),
+    )
+
+
+def acquire(img: np.ndarray, sensor: Sensor, rng: np.random.Generator, shift: tuple[float, float]) -> np.ndarray:
+    """Apply radiometry, a whole-image misregistration ``shift`` and sensor noise; return uint8 RGB.
+
+    ``shift`` is ``(dy, dx)`` in pixels: content moves by ``+shift`` (bilinear resampling, edges replicated).
+    """
+    img = np.clip(img * sensor.white * sensor.gain, 0, 1) ** sensor.gamma
+    img = img * (1 - sensor.haze) + sensor.haze * _HAZE + sensor.bias
+    if shift != (0.0, 0.0):
+        size = img.shape[0]
+        for axis, d in enumerate(shift):
+            pos = np.arange(size) - d
+            i0 = np.floor(pos).astype(int)
+            f = (pos - i0).astype(np.float32)
+            lo, hi = np.take(img, np.clip(i0, 0, size - 1), axis), np.take(img, np.clip(i0 + 1, 0, size - 1), axis)
+            f = f[:, None, None] if axis == 0 else f[None, :, None]
+            img = lo * (1 - f) + hi * f
+    img = img + noise(rng, img.shape) * np.float32(sensor.noise)
+    return np.clip(img * 255 + 0.5, 0, 255).astype(np.uint8)
 
 
 def make_scene(
@@ -87,22 +136,24 @@ def make_scene(
     classes_b, built_b = apply_changes(lay, rng, float(rng.uniform(lo, hi)))
     look_a = draw_look(rng)
     look_b = draw_look(rng, look_a)
+    sensor_a, sensor_b = draw_sensor(rng), draw_sensor(rng)
     r, phi = rng.uniform(0, max_shift), rng.uniform(0, 2 * np.pi)
     shift = (float(r * np.sin(phi)), float(r * np.cos(phi)))
-    image_a = acquire(render(lay, lay.cls, lay.built, look_a), look_a, rng, (0.0, 0.0))
-    image_b = acquire(render(lay, classes_b, built_b, look_b), look_b, rng, shift)
+    image_a = acquire(render(lay, lay.cls, lay.built, look_a), sensor_a, rng, (0.0, 0.0))
+    image_b = acquire(render(lay, classes_b, built_b, look_b), sensor_b, rng, shift)
     label = np.where(lay.cls != classes_b, 255, 0).astype(np.uint8)
     return {"image_a": image_a, "image_b": image_b, "label": label, "classes_a": lay.cls, "classes_b": classes_b}
 
 
 def pair_rng(seed: int, index: int) -> np.random.Generator:
     """Generator of pair ``index`` under ``seed``: a spawned child seed, so it does not depend on ``n``."""
-    return np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=(int(index),)))
+    return np.random.default_rng(np.random.SeedSequence(_check_seed(seed), spawn_key=(int(index),)))
 
 
 def make_large_scene(size: int = 1024, seed: int = 0, **kwargs: Any) -> dict[str, np.ndarray]:
     """One large pair (e.g. for tiled whole-scene prediction), same keys as :func:`make_scene`."""
-    return make_scene(size, np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=(2**31,))), **kwargs)
+    rng = np.random.default_rng(np.random.SeedSequence(_check_seed(seed), spawn_key=(2**31,)))
+    return make_scene(size, rng, **kwargs)
 
 
 def _previous_run(out: Path, overwrite: bool) -> dict[str, Any] | None:
@@ -174,6 +225,9 @@ def synthesize(
     lo, hi = _check_args(size, change_fraction, max_shift)
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise ConfigError(f"n: expected a positive integer, got {n!r}")
+    _check_seed(seed)
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", str(prefix)):
+        raise ConfigError(f"prefix: expected a plain file-name prefix (letters, digits, _ . -), got {prefix!r}")
     out = Path(out)
     previous = _previous_run(out, overwrite)
     dirs = ("im1", "im2", "label1", "label2", "label") if semantic else ("A", "B", "label")

@@ -11,14 +11,59 @@ from typing import Any
 
 import lightning as L
 
+import numpy as np
+
 from ..data.io import atomic_path
-from ..errors import ConfigError
+from ..errors import ChangekitError, ConfigError
 from .checkpoint import load_checkpoint
 from .datamodule import ChangeDataModule
 from .task import ChangeTask
 
 log = logging.getLogger(__name__)
 METRIC_KEYS = ("precision", "recall", "f1", "iou", "oa", "kappa")
+
+
+class _TestTask(ChangeTask):
+    """Keeps the test split's SCD from-to counts, which the report shows as the transition matrix."""
+
+    fromto: np.ndarray | None = None
+
+    def _eval_epoch_end(self, stage: str) -> dict[str, Any]:
+        scd = self._scd.get(stage)
+        results = super()._eval_epoch_end(stage)  # syncs and pops the metrics
+        if scd is not None:
+            self.fromto = scd.fromto.matrix.cpu().numpy()
+        return results
+
+
+def predicted_transitions(fromto: np.ndarray, num_classes: int) -> np.ndarray:
+    """``(C, C)`` pixel counts of predicted change from class i (date A) to j (date B).
+
+    Read from the columns of the SCD from-to confusion matrix (prediction code ``P_A * C + P_B`` where the change
+    map says "changed", ``C^2`` elsewhere), so it covers the scored pixels predicted as changed.
+    """
+    c = int(num_classes)
+    return fromto.sum(0)[: c * c].reshape(c, c)
+
+
+def _semantic_report_args(cfg: dict[str, Any], task: _TestTask) -> dict[str, Any]:
+    """Class names, palette, ignore value, transitions and pixel area for a semantic model's report."""
+    from ..data.classes import find_classes
+
+    c = int(getattr(task.model, "num_classes", 0))
+    args: dict[str, Any] = {"sem_ignore_index": int(cfg["data"]["ignore_index"])}
+    try:
+        table = find_classes(cfg)
+    except ChangekitError as exc:
+        log.warning("no class table for the report (%s); using default names and colours", exc)
+        table = None
+    if table is not None and table.num_classes == c:
+        args.update(class_names=list(table.names), palette=table.colors, pixel_area=table.pixel_area)
+    else:
+        args["class_names"] = [f"class {i}" for i in range(c)]
+    if task.fromto is not None and c:
+        args["transitions"] = predicted_transitions(task.fromto, c)
+    return args
 
 
 def test(
@@ -45,7 +90,7 @@ def test(
         cfg["data"]["num_workers"] = num_workers
     cfg["trainer"]["ema"]["enabled"] = False  # the checkpoint already holds the evaluated (EMA) weights
     cfg["model"] = {**cfg["model"], **{k: None for k in cfg["model"] if k.endswith("weights")}}
-    task = ChangeTask(cfg)
+    task = _TestTask(cfg)
     task.model.load_state_dict(model.state_dict())
     task.max_samples = samples if report else 0
     dm = ChangeDataModule(cfg["data"], seed=int(cfg["trainer"]["seed"]))
@@ -67,6 +112,7 @@ def test(
     if report:
         from ..report import write_report
 
+        semantic = _semantic_report_args(cfg, task) if task.task_type == "semantic" else {}
         history = Path(ckpt).resolve().parent / "logs" / "metrics.csv"
         if not history.is_file():
             history = Path(ckpt).resolve().parent.parent / "logs" / "metrics.csv"
@@ -76,6 +122,7 @@ def test(
             confusion=results.get("confusion"), history=history if history.is_file() else None,
             samples=task.samples, config=cfg, info={"checkpoint": str(ckpt), "data": str(cfg["data"]["test"]),
                                                    "pairs": results["num_pairs"]},
+            **semantic,
         )
     log.info("test metrics: %s", {k: results.get(k) for k in METRIC_KEYS})
     return results

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from ..data.io import IMAGE_SUFFIXES, atomic_dir, read_image, write_png
-from ..errors import DatasetNotFoundError, PairingError, SizeMismatchError
+from ..errors import ChangekitError, DatasetNotFoundError, PairingError, SizeMismatchError
 from ..inference.scene import predict_scene
 from ..inference.sliding import sliding_window_predict
 from .checkpoint import load_checkpoint
@@ -41,6 +41,22 @@ def pair_inputs(a: str | Path, b: str | Path) -> list[tuple[str, Path, Path]]:
     return [(s, fa[s], fb[s]) for s in sorted(fa)]
 
 
+def semantic_palette(cfg: dict[str, Any], num_classes: int) -> np.ndarray:
+    """``(K, 3)`` colours for class maps: the run's class table (``data.classes`` or a ``classes.yaml`` beside the
+    data) when it has ``K`` classes, else the report's default palette."""
+    from ..data.classes import find_classes
+    from ..report.overlays import default_palette
+
+    try:
+        table = find_classes(cfg)
+    except ChangekitError as exc:
+        log.warning("class table unavailable (%s); using the default palette", exc)
+        table = None
+    if table is not None and table.num_classes == num_classes:
+        return table.colors
+    return default_palette(num_classes)
+
+
 def _normalise(img: np.ndarray, mean: list[float], std: list[float]) -> torch.Tensor:
     scale = 255.0 if img.dtype == np.uint8 else float(np.iinfo(img.dtype).max) if img.dtype.kind in "ui" else 1.0
     x = torch.from_numpy(np.array(img, dtype=np.float32)).permute(2, 0, 1).div_(scale)
@@ -58,6 +74,8 @@ def predict(
     """Write a 0/255 change mask per pair into ``out`` (named by stem; GeoTIFF in, GeoTIFF out).
 
     Optional outputs: ``<stem>_prob.png`` (probability x 255) and ``<stem>_overlay.png`` (changes in red on B).
+    Semantic models also write ``<stem>_sem_a.png`` and ``<stem>_sem_b.png``: both dates' class maps as palette
+    PNGs (pixel value = class index, colours from the run's class table; see :func:`semantic_palette`).
     The whole folder appears only when every pair is done.
     """
     pairs = pair_inputs(a, b)
@@ -65,6 +83,8 @@ def predict(
     model, cfg = load_checkpoint(ckpt, map_location=dev)
     thr = float(cfg["trainer"]["threshold"] if threshold is None else threshold)
     mean, std = cfg["data"]["mean"], cfg["data"]["std"]
+    palette = semantic_palette(cfg, int(getattr(model, "num_classes", 0))) \
+        if getattr(model, "task", "binary") == "semantic" else None
     written: list[Path] = []
     out = Path(out)
     with atomic_dir(out) as tmp:
@@ -86,6 +106,10 @@ def predict(
             prob = prob.cpu().numpy() if torch.is_tensor(prob) else np.asarray(prob)
             mask = (prob > thr).astype(np.uint8) * 255
             write_png(tmp / f"{stem}.png", mask)
+            if palette is not None and isinstance(res, dict) and "sem_a" in res:
+                for key in ("sem_a", "sem_b"):
+                    classes = res[key].argmax(0).to(torch.uint8).cpu().numpy()
+                    write_png(tmp / f"{stem}_{key}.png", classes, palette=palette)
             if save_prob:
                 write_png(tmp / f"{stem}_prob.png", np.round(prob * 255).astype(np.uint8))
             if save_overlay:

@@ -56,20 +56,19 @@ def build_model(name: str, **kwargs: Any) -> nn.Module:
     """
     builder = get_builder(name)
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
-    allowed = _accepted_args(builder)
+    allowed = accepted_args(builder)
     if allowed is not None:
         for key in kwargs:
             if key not in allowed:
-                raise ConfigError(
-                    f"model '{name}' has no argument '{key}'{suggest(key, allowed)}; accepted: {', '.join(sorted(allowed))}"
-                )
+                accepted = ", ".join(sorted(allowed))
+                raise ConfigError(f"model '{name}' has no argument '{key}'{suggest(key, allowed)}; accepted: {accepted}")
     model = builder(**kwargs)
     model.model_name = name  # type: ignore[assignment]
     model.model_kwargs = dict(kwargs)  # type: ignore[assignment]
     return model
 
 
-def _accepted_args(builder: Callable[..., Any]) -> set[str] | None:
+def accepted_args(builder: Callable[..., Any]) -> set[str] | None:
     """Keyword arguments a builder accepts, following ``**kwargs`` into the model class when declared."""
     sig = inspect.signature(builder)
     names = {p.name for p in sig.parameters.values() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}

@@ -1,0 +1,210 @@
+"""Zero-shot CLIP tagging of change-detection images (ChangeCLIP's ``tools/clip_inference.py``, made portable).
+
+For every image of both dates of every split, CLIP scores the 56 remote-sensing class names of the seed
+(``resources/rs_classes_56.txt``; the prompt is the raw class name, no template) and the softmax over the
+classes of ``logit_scale * cos(image, text)`` is written, ranked, to one JSON file per date folder:
+``<split>/<date-folder>_clipcls_<n>_<model>.json`` (``time1_clipcls_56_vit16.json`` for SYSU-CD with ViT-B/16),
+a list of ``{"image_path": ..., "<class>": "0.1234", ...}`` in descending probability, as the seed writes them.
+Unlike the seed, ``image_path`` is relative to the data root, so the data folder can be moved; the reader
+(:mod:`changekit.data.tags`) matches images by file stem and accepts the seed's absolute paths too.
+
+CLIP comes from open_clip: weights from a local file (OpenAI's TorchScript ``.pt`` or an open_clip
+checkpoint), or open_clip's usual download when online. Images are read with changekit's reader (any band count
+or bit depth: the first three bands, scaled to 8 bits) and preprocessed like CLIP (bicubic resize of the
+short side, centre crop, CLIP mean/std).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import zipfile
+from collections.abc import Callable, Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .data.discover import _subdirs, detect_layout
+from .data.io import IMAGE_SUFFIXES, atomic_path, read_image
+from .errors import ChangekitError, ConfigError, DatasetNotFoundError
+
+log = logging.getLogger(__name__)
+MODELS = {"ViT-B-16": "vit16", "RN50": "rn50"}  # open_clip name -> the seed's file tag
+OPENAI_NAMES = {"ViT-B-16": "ViT-B/16", "RN50": "RN50"}
+
+
+def read_class_names(path: str | Path | None = None) -> list[str]:
+    """Class names, one per line; as in the seed, only the part before ``", "`` counts (the seed's file also
+    carries a Chinese translation). ``None``: the bundled 56 names."""
+    if path is None:
+        text = resources.files("changekit.resources").joinpath("rs_classes_56.txt").read_text(encoding="utf-8")
+        source = "rs_classes_56.txt"
+    else:
+        if not Path(path).is_file():
+            raise DatasetNotFoundError(f"{path}: class-name file not found")
+        text, source = Path(path).read_text(encoding="utf-8"), str(path)
+    names = [line.strip().split(", ")[0] for line in text.splitlines() if line.strip()]
+    if len(names) < 2 or len(set(names)) != len(names):
+        raise ConfigError(f"{source}: need at least two distinct class names, one per line")
+    bad = [n for n in names if "|" in n or n == "image_path"]
+    if bad:
+        raise ConfigError(f"{source}: class names may not contain '|' or be 'image_path': {bad[:3]}")
+    return names
+
+
+def file_tag(num_classes: int, model_name: str) -> str:
+    """The seed's file tag, e.g. ``56_vit16``."""
+    return f"{num_classes}_{MODELS.get(model_name, model_name.lower().replace('-', '').replace('/', ''))}"
+
+
+def _is_torchscript(path: Path) -> bool:
+    return zipfile.is_zipfile(path) and any(n.endswith("constants.pkl") for n in zipfile.ZipFile(path).namelist())
+
+
+def load_clip(model_name: str = "ViT-B-16", weights: str | Path | None = None, device: str | torch.device = "cpu"
+              ) -> tuple[nn.Module, Callable[[Any], torch.Tensor], Callable[[list[str]], torch.Tensor]]:
+    """An open_clip model in eval mode, its image preprocessing and its tokenizer.
+
+    Raises:
+        ConfigError: open_clip is missing, or no weights can be obtained (offline without ``weights``).
+        DatasetNotFoundError: ``weights`` does not exist.
+    """
+    try:
+        import open_clip
+    except ImportError:
+        raise ConfigError("CLIP tagging needs open_clip: pip install 'changekit[clip]' (open-clip-torch)") from None
+    how = (f"download OpenAI's {OPENAI_NAMES.get(model_name, model_name)} weights (e.g. {model_name}.pt, the file "
+           f"the `clip` package fetches, or open_clip's '{model_name}' 'openai' checkpoint) and pass --weights FILE")
+    if weights is not None:
+        path = Path(weights)
+        if not path.is_file():
+            raise DatasetNotFoundError(f"{path}: CLIP weights not found; {how}")
+        if _is_torchscript(path):
+            model = open_clip.load_openai_model(str(path), precision="fp32", device=device)
+        else:
+            try:
+                model = open_clip.create_model(model_name, pretrained=str(path), device=device)
+            except Exception as exc:  # noqa: BLE001 - open_clip raises many types for unfit files
+                raise ConfigError(f"{path}: cannot load it as {model_name} CLIP weights ({exc})") from None
+    else:
+        if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0") or os.environ.get("CHANGEKIT_OFFLINE"):
+            raise ConfigError(f"no CLIP weights given and downloads are disabled (offline); {how}")
+        try:
+            model = open_clip.create_model(model_name, pretrained="openai", device=device)
+        except Exception as exc:  # noqa: BLE001 - network errors come in many types
+            raise ConfigError(f"could not download the CLIP weights ({type(exc).__name__}); {how}") from None
+    model.eval()
+    size = getattr(model.visual, "image_size", 224)
+    preprocess = open_clip.image_transform(size, is_train=False)
+    return model, preprocess, open_clip.get_tokenizer(model_name)
+
+
+def to_pil_rgb(array: np.ndarray) -> Any:
+    """An ``(H, W[, C])`` image of any dtype as an 8-bit RGB PIL image (first three bands, grey replicated)."""
+    from PIL import Image
+
+    if array.ndim == 2:
+        array = array[:, :, None]
+    if array.shape[2] < 3:
+        array = np.repeat(array[:, :, :1], 3, axis=2)
+    array = array[:, :, :3]
+    if array.dtype != np.uint8:
+        top = np.iinfo(array.dtype).max if np.issubdtype(array.dtype, np.integer) else 1.0
+        array = np.clip(array.astype(np.float32) / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return Image.fromarray(np.ascontiguousarray(array))
+
+
+class _Images(torch.utils.data.Dataset):
+    def __init__(self, paths: Sequence[Path], preprocess: Callable[[Any], torch.Tensor]) -> None:
+        self.paths, self.preprocess = list(paths), preprocess
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.preprocess(to_pil_rgb(read_image(self.paths[i])))  # type: ignore[arg-type]
+
+
+@torch.inference_mode()
+def class_probabilities(
+    model: nn.Module, preprocess: Callable[[Any], torch.Tensor], tokenizer: Callable[[list[str]], torch.Tensor],
+    paths: Sequence[Path], classes: Sequence[str], batch_size: int = 64, num_workers: int = 0,
+    device: str | torch.device = "cpu", progress: bool = False, desc: str = "",
+) -> np.ndarray:
+    """Softmax over ``classes`` of ``logit_scale * cos(image, class name)`` per image: ``(len(paths), K)``."""
+    dev = torch.device(device)
+    text = model.encode_text(tokenizer(list(classes)).to(dev))
+    text = text / text.norm(dim=-1, keepdim=True)
+    scale = model.logit_scale.exp()
+    loader = torch.utils.data.DataLoader(_Images(paths, preprocess), batch_size=batch_size, num_workers=num_workers)
+    if progress:
+        from tqdm import tqdm
+
+        loader = tqdm(loader, desc=desc, unit="batch")  # type: ignore[assignment]
+    out = []
+    for images in loader:
+        feats = model.encode_image(images.to(dev))
+        feats = feats / feats.norm(dim=-1, keepdim=True)
+        out.append((scale * feats @ text.t()).softmax(-1).float().cpu())
+    return torch.cat(out).numpy() if out else np.zeros((0, len(classes)), np.float32)
+
+
+def ranked_entry(image_path: str, probs: np.ndarray, classes: Sequence[str]) -> dict[str, str]:
+    """The seed's JSON object: ``image_path`` then every class as a 4-decimal string, most probable first."""
+    entry = {"image_path": image_path}
+    for i in sorted(range(len(classes)), key=lambda j: float(probs[j]), reverse=True):  # stable, like the seed
+        entry[classes[i]] = f"{float(np.float32(probs[i])):.4f}"
+    return entry
+
+
+def find_date_folders(root: str | Path) -> list[Path]:
+    """The date folders (A/B, time1/time2, im1/im2) of ``root`` itself or of each split folder below it."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetNotFoundError(f"{root}: data folder not found")
+    candidates = [root] + list(_subdirs(root).values())
+    folders: list[Path] = []
+    for cand in candidates:
+        try:
+            lay = detect_layout(cand, require_labels=False)
+        except ChangekitError:
+            continue
+        dirs = _subdirs(cand)
+        folders += [dirs[lay.a.lower()], dirs[lay.b.lower()]]
+        if cand == root:
+            break
+    if not folders:
+        raise DatasetNotFoundError(
+            f"{root}: no image pairs found (a folder with A/B, time1/time2 or im1/im2, or split folders holding them)"
+        )
+    return folders
+
+
+def tag_dataset(
+    root: str | Path, model: nn.Module, preprocess: Callable[[Any], torch.Tensor],
+    tokenizer: Callable[[list[str]], torch.Tensor], classes: Sequence[str], tag: str = "56_vit16",
+    batch_size: int = 64, num_workers: int = 0, device: str | torch.device = "cpu", progress: bool = True,
+) -> list[Path]:
+    """Tag every image of every date folder under ``root``; returns the JSON files written (one per folder)."""
+    root = Path(root)
+    written = []
+    for folder in find_date_folders(root):
+        paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+        if not paths:
+            log.warning("%s: no images", folder)
+            continue
+        probs = class_probabilities(model, preprocess, tokenizer, paths, classes, batch_size, num_workers, device,
+                                    progress, desc=str(folder.relative_to(root.parent)))
+        entries = [ranked_entry(p.relative_to(root).as_posix(), pr, classes)
+                   for p, pr in zip(paths, probs, strict=True)]
+        target = folder.parent / f"{folder.name}_clipcls_{tag}.json"
+        with atomic_path(target) as tmp:
+            tmp.write_text(json.dumps(entries, indent=4, ensure_ascii=False), encoding="utf-8")
+        log.info("wrote %s (%d images)", target, len(entries))
+        written.append(target)
+    return written

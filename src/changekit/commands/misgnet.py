@@ -1,0 +1,46 @@
+"""MISGNet commands: ``changekit convert misgnet SRC.pth --out DST.ckpt``.
+
+The top-level ``convert`` group (checkpoint import) is shared: this module reuses it when another module
+created it first (and creates it otherwise), so other families can add ``convert <family>`` commands.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def checkpoint_convert_group(app: typer.Typer) -> typer.Typer:
+    """The ``changekit convert`` sub-app, created on first use."""
+    for group in app.registered_groups:
+        if group.name == "convert" and group.typer_instance is not None:
+            return group.typer_instance
+    group_app = typer.Typer(no_args_is_help=True, help="Import checkpoints released by the original authors.")
+    app.add_typer(group_app, name="convert")
+    return group_app
+
+
+def register(app: typer.Typer, data_app: typer.Typer) -> None:  # noqa: ARG001 - the plugin signature
+    """Add ``convert misgnet``."""
+    convert = checkpoint_convert_group(app)
+
+    @convert.command("misgnet")
+    def misgnet(
+        src: Annotated[Path, typer.Argument(help="the authors' checkpoint (pickled MyNet or EMA, or a state_dict)")],
+        out: Annotated[Path, typer.Option("--out", help="changekit checkpoint to write (.ckpt)")],
+        keep_stage4: Annotated[bool, typer.Option("--keep-stage4", help="keep the unused PVT stage 4")] = False,
+    ) -> None:
+        """Convert a released MISGNet checkpoint without the authors' code (restricted unpickling)."""
+        from ..engine.checkpoint import save_checkpoint
+        from ..errors import DatasetNotFoundError
+        from ..models.misgnet.convert import convert_checkpoint
+
+        if not src.is_file():
+            raise DatasetNotFoundError(f"{src}: checkpoint not found")
+        model, cfg = convert_checkpoint(src, keep_stage4=keep_stage4)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        save_checkpoint(out, model, cfg, source=str(src))
+        n = sum(p.numel() for p in model.parameters())
+        typer.echo(f"wrote {out} (misgnet, {n:,d} parameters, keep_stage4={keep_stage4})")

@@ -1,0 +1,55 @@
+"""Semantic change detection data commands: ``changekit data convert hiucd|second``.
+
+The ``convert`` group under ``changekit data`` is shared: this module reuses it when another module created it
+first (and creates it otherwise), so several families can add ``data convert <format>`` commands.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+
+def convert_group(data_app: typer.Typer) -> typer.Typer:
+    """The ``changekit data convert`` sub-app, created on first use."""
+    for group in data_app.registered_groups:
+        if group.name == "convert" and group.typer_instance is not None:
+            return group.typer_instance
+    group_app = typer.Typer(no_args_is_help=True, help="Convert published data set formats.")
+    data_app.add_typer(group_app, name="convert")
+    return group_app
+
+
+def register(app: typer.Typer, data_app: typer.Typer) -> None:  # noqa: ARG001 - the plugin signature
+    """Add ``data convert hiucd`` and ``data convert second``."""
+    convert = convert_group(data_app)
+
+    @convert.command("hiucd")
+    def hiucd(
+        src: Annotated[Path, typer.Argument(help="Hi-UCD split folder (two year folders and a mask folder)")],
+        out: Annotated[Path, typer.Option("--out", "-o", help="output folder (A/, B/, mask/, list.txt)")],
+        tile: Annotated[int, typer.Option(help="tile size (ClearSCD: 512); 0 keeps whole images")] = 512,
+        a: Annotated[Optional[Path], typer.Option("--a", help="date-1 image folder (auto if omitted)")] = None,
+        b: Annotated[Optional[Path], typer.Option("--b", help="date-2 image folder")] = None,
+        mask: Annotated[Optional[Path], typer.Option("--mask", help="3-channel mask folder")] = None,
+    ) -> None:
+        """Hi-UCD masks -> ClearSCD convention (classes - 1, unlabeled 9; change - 1, unlabeled 255)."""
+        from ..data.convert import convert_hiucd
+
+        res = convert_hiucd(src, out, tile=tile, a=a, b=b, mask=mask)
+        typer.echo(f"wrote {res['tiles']} pairs from {res['pairs']} images to {out} "
+                   f"(train with data.train: {out / 'list.txt'})")
+
+    @convert.command("second")
+    def second(
+        src: Annotated[Path, typer.Argument(help="folder with im1/ im2/ label1/ label2/ (RGB labels)")],
+        out: Annotated[Path, typer.Option("--out", "-o", help="output folder")],
+        classes: Annotated[str, typer.Option(help="class table: second, hiucd or a classes.yaml")] = "second",
+    ) -> None:
+        """RGB-coded SECOND-style labels -> palette PNG class indices (0 = no change for SECOND)."""
+        from ..data.convert import convert_rgb_labels
+
+        res = convert_rgb_labels(src, out, classes=classes)
+        typer.echo(f"wrote {res['pairs']} pairs to {out}")

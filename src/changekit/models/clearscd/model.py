@@ -1,0 +1,180 @@
+"""The ClearSCD network: Siamese EfficientNet-b0 + FPN, shared segmentation head, deep CVAPS, SACL and BSCC."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ...errors import ConfigError
+from ..base import ChangeModel
+from ..blocks import check_choice, check_int
+from ..outputs import ChangeOutput
+from .heads import CVAPSHead, ProjectionHead
+from .losses import MemoryQueues, bscc_loss, class_queries, global_sacl, local_sacl
+
+
+def _up4(x: torch.Tensor) -> torch.Tensor:
+    """``nn.UpsamplingBilinear2d(scale_factor=4)`` of the released code (bilinear, align_corners=True)."""
+    return F.interpolate(x, scale_factor=4.0, mode="bilinear", align_corners=True)
+
+
+def build_encoder(in_channels: int, weights: str | Path | None) -> nn.Module:
+    """smp's EfficientNet-b0 encoder (depth 5), with real ImageNet weights when asked.
+
+    ``weights``: ``None`` keeps PyTorch's default initialisation, which is what the released code trains from
+    (its ``_init_weighets`` matches no key and loads nothing); ``"imagenet"`` downloads smp's weights (online
+    only); a local file path loads that state dict (keys with or without an ``encoder.`` prefix).
+    """
+    from segmentation_models_pytorch.encoders import get_encoder
+
+    from ..siam_unet import _is_weight_file, load_encoder_weights
+
+    local = weights is not None and _is_weight_file(str(weights))
+    try:
+        encoder = get_encoder("efficientnet-b0", in_channels=in_channels, depth=5,
+                              weights=None if local else weights)
+    except (KeyError, ValueError, RuntimeError) as exc:
+        raise ConfigError(f"model argument 'encoder_weights': {exc}") from exc
+    if local:
+        load_encoder_weights(encoder, str(weights))
+    return encoder
+
+
+class ClearSCD(ChangeModel):
+    """ClearSCD (Tang et al., ISPRS J. P&RS 211, 2024): semantic change detection.
+
+    Args:
+        in_channels: bands of one date.
+        num_classes: semantic classes ``K`` (9 for Hi-UCD); label values ``>= K`` are ignored by SACL.
+        encoder_weights: ``None`` (released behaviour: no ImageNet weights), ``"imagenet"`` or a local file.
+        pyramid_channels, segmentation_channels: FPN widths (256, 128); smaller widths are for tests.
+        decoder_dropout: Dropout2d after the FPN merge (0.2, smp's default).
+        cvaps_input: ``"logits"`` (released: ``|z_A - z_B|``) or ``"softmax"`` (paper text: posteriors).
+        cvaps_convs: conv-BN-ReLU blocks of the CVAPS head (3).
+        sacl_local, sacl_global: the two SACL terms (both on in ClearSCD).
+        hard_sampling: hard-pixel weighted global queries (on) instead of plain class means.
+        warmup_epochs: epochs (counted from 1, as released) in which the global term only fills the queues.
+        sample_num, temperature, contrast_weight: local SACL (1024 pixels per class and date, 0.1, 0.1).
+        queue_len, enqueue_len: memory size per class and date (512) and pixels pushed per step (64).
+        bscc, bscc_weight, bscc_margin: BSCC term (on, 0.1, 2.0).
+        siamese_batch: run both dates through the encoder as one batch (faster; BatchNorm statistics are then
+            pooled over both dates in training). ``False`` runs two passes like the released code.
+    """
+
+    task = "semantic"
+    input_divisor = 32
+
+    def __init__(
+        self, in_channels: int = 3, num_classes: int = 9, encoder_weights: str | None = None,
+        pyramid_channels: int = 256, segmentation_channels: int = 128, decoder_dropout: float = 0.2,
+        cvaps_input: str = "logits", cvaps_convs: int = 3, sacl_local: bool = True, sacl_global: bool = True,
+        hard_sampling: bool = True, warmup_epochs: int = 1, sample_num: int = 1024, temperature: float = 0.1,
+        contrast_weight: float = 0.1, queue_len: int = 512, enqueue_len: int = 64, bscc: bool = True,
+        bscc_weight: float = 0.1, bscc_margin: float = 2.0, siamese_batch: bool = True,
+    ) -> None:
+        super().__init__()
+        for name, value in (("in_channels", in_channels), ("num_classes", num_classes),
+                            ("pyramid_channels", pyramid_channels), ("sample_num", sample_num),
+                            ("queue_len", queue_len), ("enqueue_len", enqueue_len)):
+            check_int(name, value)
+        check_int("cvaps_convs", cvaps_convs, 0)
+        check_int("warmup_epochs", warmup_epochs, 0)
+        check_choice("cvaps_input", cvaps_input, ("logits", "softmax"))
+        if not isinstance(segmentation_channels, int) or segmentation_channels < 32 or segmentation_channels % 32:
+            raise ConfigError(f"model argument 'segmentation_channels' must be a positive multiple of 32 "
+                              f"(GroupNorm of 32 groups), got {segmentation_channels!r}")
+        if queue_len % enqueue_len:
+            raise ConfigError(f"model argument 'queue_len' ({queue_len}) must be a multiple of 'enqueue_len' "
+                              f"({enqueue_len})")
+        if not 0 <= decoder_dropout < 1:
+            raise ConfigError(f"model argument 'decoder_dropout' must be in [0, 1), got {decoder_dropout!r}")
+        from segmentation_models_pytorch.decoders.fpn.decoder import FPNDecoder
+
+        self.in_channels, self.num_classes = in_channels, num_classes
+        self.cvaps_input, self.siamese_batch = cvaps_input, siamese_batch
+        self.sacl_local, self.sacl_global, self.hard_sampling = sacl_local, sacl_global, hard_sampling
+        self.warmup_epochs, self.sample_num, self.temperature = warmup_epochs, sample_num, temperature
+        self.contrast_weight, self.bscc, self.bscc_weight, self.bscc_margin = contrast_weight, bscc, bscc_weight, \
+            bscc_margin
+        self.current_epoch = 0  # set by the engine at each training epoch start (SACL warm-up)
+        self.encoder = build_encoder(in_channels, encoder_weights)
+        self.decoder = FPNDecoder(encoder_channels=list(self.encoder.out_channels), encoder_depth=5,
+                                  pyramid_channels=pyramid_channels, segmentation_channels=segmentation_channels,
+                                  dropout=decoder_dropout, merge_policy="add")
+        self.head_seg = nn.Conv2d(segmentation_channels, num_classes, 3, padding=1)  # smp SegmentationHead, x1
+        self.head_bcd = CVAPSHead(num_classes, cvaps_convs)
+        self.proj_head = ProjectionHead(segmentation_channels, 32)
+        self.queues = MemoryQueues(num_classes, segmentation_channels, queue_len, enqueue_len)
+
+    @property
+    def in_warmup(self) -> bool:
+        """Global SACL only fills the queues while ``current_epoch + 1 <= warmup_epochs`` (epochs from 1)."""
+        return int(self.current_epoch) + 1 <= self.warmup_epochs
+
+    def _features(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.siamese_batch:
+            feats = self.decoder(self.encoder(torch.cat([a, b], 0)))
+            return feats[: a.shape[0]], feats[a.shape[0] :]
+        return self.decoder(self.encoder(a)), self.decoder(self.encoder(b))
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor, **extras: Any) -> ChangeOutput:
+        """Both dates' class logits and the change logit at input size; features in ``aux`` in training."""
+        self.check_input(a, b)
+        feat_a, feat_b = self._features(a, b)
+        n = feat_a.shape[0]
+        logits = self.head_seg(torch.cat([feat_a, feat_b], 0))
+        seg_a, seg_b = logits[:n], logits[n:]
+        if self.cvaps_input == "softmax":
+            diff = (seg_a.softmax(1) - seg_b.softmax(1)).abs()
+        else:
+            diff = (seg_a - seg_b).abs()
+        change_low = self.head_bcd(diff)
+        up = _up4(torch.cat([change_low, logits[:n], logits[n:]], 1))
+        aux: dict[str, torch.Tensor] = {}
+        if self.training:
+            aux = {"feat_a": feat_a, "feat_b": feat_b, "seg_low_a": seg_a, "seg_low_b": seg_b,
+                   "change_low": change_low}
+            if self.sacl_local or self.sacl_global:
+                proj = self.proj_head(torch.cat([feat_a, feat_b], 0))
+                aux["proj_a"], aux["proj_b"] = proj[:n], proj[n:]
+        k = self.num_classes
+        return ChangeOutput(change=up[:, :1], sem_a=up[:, 1 : 1 + k], sem_b=up[:, 1 + k :], aux=aux)
+
+    def extra_losses(self, output: ChangeOutput, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """SACL (``sacl_local``, ``sacl_global``) and weighted BSCC (``bscc``) for one training step.
+
+        Needs ``batch["sem_a"]`` / ``batch["sem_b"]`` for SACL (skipped without them). During warm-up the global
+        term only enqueues and is absent from the result. Pushes this step's pixels into the queues.
+        """
+        aux = output.aux
+        if "feat_a" not in aux:
+            return {}
+        terms: dict[str, torch.Tensor] = {}
+        fa, fb = aux["feat_a"], aux["feat_b"]
+        if (self.sacl_local or self.sacl_global) and "sem_a" in batch and "sem_b" in batch:
+            size = fa.shape[-2:]
+            lab_a = F.interpolate(batch["sem_a"][:, None].float(), size=size, mode="nearest")[:, 0].long()
+            lab_b = F.interpolate(batch["sem_b"][:, None].float(), size=size, mode="nearest")[:, 0].long()
+            if self.sacl_local:
+                terms["sacl_local"] = local_sacl(aux["proj_a"], aux["proj_b"], fa, fb, lab_a, lab_b,
+                                                 self.num_classes, self.sample_num, self.temperature,
+                                                 self.contrast_weight)
+            if self.sacl_global:
+                if not self.in_warmup:
+                    queue = self.queues.queue
+                    total = fa.new_zeros(())
+                    for proj, seg, lab in ((aux["proj_a"], aux["seg_low_a"], lab_a),
+                                           (aux["proj_b"], aux["seg_low_b"], lab_b)):
+                        q, cls = class_queries(proj, seg, lab, self.num_classes, self.hard_sampling)
+                        total = total + global_sacl(q, cls, queue)
+                    terms["sacl_global"] = total
+                self.queues.push(0, fa, lab_a)
+                self.queues.push(1, fb, lab_b)
+        if self.bscc:
+            prob = torch.sigmoid(aux["change_low"].float())
+            terms["bscc"] = self.bscc_weight * bscc_loss((fa - fb).abs().float(), prob, self.bscc_margin)
+        return terms

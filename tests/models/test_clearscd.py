@@ -1,0 +1,227 @@
+"""ClearSCD: contract, exact parameter count, CVAPS wiring, SACL/BSCC maths against the released formulas."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import changekit.models.clearscd  # noqa: F401  (registers the model until models/__init__ imports it)
+from changekit.errors import ConfigError
+from changekit.models import build_model, count_parameters
+from changekit.models.clearscd import ClearSCD
+from changekit.models.clearscd.losses import (
+    MemoryQueues,
+    bscc_loss,
+    class_queries,
+    global_sacl,
+    local_sacl,
+    sample_per_class,
+)
+
+from .base import BaseModelTester
+
+SMALL = {"pyramid_channels": 32, "segmentation_channels": 32}
+
+
+class TestClearSCD(BaseModelTester):
+    model_name = "clearscd"
+    model_kwargs = SMALL
+    change_channels = 1
+    unused_params = ("encoder._conv_head", "encoder._bn1")  # registered but unused, as in the released model
+
+
+def test_parameter_count_is_exact() -> None:
+    """seed-systems 1.3: encoder 4,007,548 + FPN 1,751,808 + seg 10,377 + CVAPS 2,350 + projection 8,416."""
+    with torch.device("meta"):
+        model = build_model("clearscd")
+    assert count_parameters(model) == 5_780_499
+    parts = {name: count_parameters(child) for name, child in model.named_children()}
+    assert parts == {"encoder": 4_007_548, "decoder": 1_751_808, "head_seg": 10_377, "head_bcd": 2_350,
+                     "proj_head": 8_416, "queues": 0}
+
+
+def test_semantic_outputs_and_cvaps_input() -> None:
+    torch.manual_seed(0)
+    model = build_model("clearscd", **SMALL).eval()
+    assert model.task == "semantic" and model.num_classes == 9
+    seen: list[torch.Tensor] = []
+    model.head_bcd.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    a, b = torch.randn(1, 3, 64, 64), torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        out = model(a, b)
+    assert out.sem_a.shape == out.sem_b.shape == (1, 9, 64, 64) and out.aux == {}
+    low_a = F.interpolate(out.sem_a, size=(16, 16), mode="nearest")  # align_corners=True keeps the corners
+    assert torch.allclose(out.sem_a[..., 0, 0], low_a[..., 0, 0])
+    # the CVAPS input is |logits_A - logits_B| at 1/4; its x4 upsampling equals |sem_a - sem_b| at the corners
+    assert seen[0].shape == (1, 9, 16, 16)
+    torch.testing.assert_close(seen[0][..., 0, 0], (out.sem_a - out.sem_b).abs()[..., 0, 0])
+    soft = build_model("clearscd", cvaps_input="softmax", **SMALL).eval()
+    soft.load_state_dict(model.state_dict())
+    seen.clear()
+    soft.head_bcd.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    with torch.no_grad():
+        out2 = soft(a, b)
+    assert float(seen[0].max()) <= 1.0
+    torch.testing.assert_close(out2.sem_a, out.sem_a)
+
+
+def test_two_pass_matches_batched_pass_in_eval() -> None:
+    torch.manual_seed(0)
+    model = build_model("clearscd", **SMALL).eval()
+    two = build_model("clearscd", siamese_batch=False, **SMALL).eval()
+    two.load_state_dict(model.state_dict())
+    a, b = torch.randn(2, 3, 64, 64), torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(two(a, b).change, model(a, b).change, atol=1e-5, rtol=1e-4)
+
+
+def test_encoder_weights_load_from_a_local_file(tmp_path: Any) -> None:
+    torch.manual_seed(0)
+    src = build_model("clearscd", **SMALL)
+    path = tmp_path / "effb0.pth"
+    torch.save({f"encoder.{k}": v for k, v in src.encoder.state_dict().items()}, path)
+    torch.manual_seed(1)
+    released = build_model("clearscd", **SMALL)  # default: no ImageNet weights, as released
+    assert not torch.equal(released.encoder._conv_stem.weight, src.encoder._conv_stem.weight)
+    loaded = build_model("clearscd", encoder_weights=str(path), **SMALL)
+    for k, v in src.encoder.state_dict().items():
+        assert torch.equal(loaded.encoder.state_dict()[k], v), k
+    with pytest.raises(ConfigError, match="does not exist"):
+        build_model("clearscd", encoder_weights=str(tmp_path / "missing.pth"))
+
+
+@pytest.mark.parametrize(("kwargs", "key"), [({"cvaps_input": "probs"}, "cvaps_input"),
+                                             ({"segmentation_channels": 48}, "segmentation_channels"),
+                                             ({"queue_len": 100}, "queue_len"), ({"num_classes": 0}, "num_classes")])
+def test_bad_arguments(kwargs: dict, key: str) -> None:
+    with pytest.raises(ConfigError, match=key):
+        build_model("clearscd", **kwargs)
+
+
+# ------------------------------------------------------------------ losses against the released formulas
+def test_sample_per_class_limits_and_ignores() -> None:
+    labels = torch.tensor([0] * 10 + [1] * 3 + [9] * 5 + [255] * 2 + [2] * 7)
+    idx, cls = sample_per_class(labels, 9, 4)
+    assert torch.bincount(cls, minlength=9)[:3].tolist() == [4, 3, 4]
+    assert torch.equal(labels[idx], cls)
+    assert len(set(idx.tolist())) == len(idx)
+
+
+def _naive_local(proj_a, proj_b, feat_a, feat_b, lab_a, lab_b, k=9, tau=0.1, weight=0.1):  # noqa: ANN001, ANN202
+    """The released local_contrast with every pixel sampled: explicit (positives x (1 + negatives)) logits."""
+    def flat(x: torch.Tensor) -> torch.Tensor:
+        return x.permute(1, 0, 2, 3).reshape(x.shape[1], -1)
+
+    lab = torch.cat([lab_a.reshape(-1), lab_b.reshape(-1)])
+    q = torch.cat([flat(proj_a), flat(proj_b)], 1)
+    keys = F.normalize(torch.cat([flat(feat_a), flat(feat_b)], 1), dim=0)
+    total, classes = 0.0, [c for c in range(k) if (lab == c).any()]
+    for c in classes:
+        anchor = F.normalize(q[:, lab == c].mean(1), dim=0)
+        valid = lab < k
+        pos = anchor @ keys[:, lab == c]
+        neg = anchor @ keys[:, valid & (lab != c)]
+        logits = torch.cat([pos[:, None], neg[None].repeat(len(pos), 1)], 1) / tau
+        total = total + F.cross_entropy(logits, torch.zeros(len(pos), dtype=torch.long))
+    return total * weight / len(classes)
+
+
+def test_local_sacl_equals_released_infonce() -> None:
+    gen = torch.Generator().manual_seed(0)
+    shape = (2, 8, 6, 6)
+    proj_a, proj_b, feat_a, feat_b = (torch.randn(shape, generator=gen, dtype=torch.float64) for _ in range(4))
+    lab_a, lab_b = torch.randint(0, 10, (2, 6, 6), generator=gen), torch.randint(0, 10, (2, 6, 6), generator=gen)
+    ours = local_sacl(proj_a, proj_b, feat_a, feat_b, lab_a, lab_b, 9, sample_num=10_000)
+    torch.testing.assert_close(ours.double(), _naive_local(proj_a, proj_b, feat_a, feat_b, lab_a, lab_b))
+
+
+def test_global_sacl_equals_released_cosine_loss() -> None:
+    gen = torch.Generator().manual_seed(1)
+    c, d, length = 4, 8, 16
+    queue = F.normalize(torch.randn(2, c, d, length, generator=gen), dim=2)
+    q = F.normalize(torch.randn(3, d, generator=gen), dim=1)
+    cls = torch.tensor([0, 2, 3])
+    expected = 0.0
+    for i, k in enumerate(cls.tolist()):
+        pos = torch.cat([q[i] @ queue[0, k], q[i] @ queue[1, k]])
+        neg = torch.cat([q[i] @ queue[t, j] for j in range(c) if j != k for t in (0, 1)])
+        expected += ((1 - pos).mean() + (1 + neg).mean()) / 2
+    torch.testing.assert_close(global_sacl(q, cls, queue), expected / (2 * 3))
+
+
+def test_hard_queries_weight_badly_classified_pixels() -> None:
+    proj = torch.zeros(1, 2, 1, 2)
+    proj[0, :, 0, 0] = torch.tensor([1.0, 0.0])
+    proj[0, :, 0, 1] = torch.tensor([0.0, 1.0])
+    logits = torch.zeros(1, 3, 1, 2)
+    logits[0, 0, 0, 0] = 10.0  # pixel 0 is confidently class 0 -> weight ~0; pixel 1 is hard
+    labels = torch.zeros(1, 1, 2, dtype=torch.long)
+    q, cls = class_queries(proj, logits, labels, 3, hard=True)
+    assert cls.tolist() == [0] and q[0, 1] > 0.99
+    q2, _ = class_queries(proj, logits, labels, 3, hard=False)
+    torch.testing.assert_close(q2[0], F.normalize(torch.tensor([1.0, 1.0]), dim=0))
+
+
+def test_bscc_equals_released_formula() -> None:
+    gen = torch.Generator().manual_seed(2)
+    diff = torch.rand(2, 128, 4, 4, generator=gen) * 3
+    p = torch.rand(2, 1, 4, 4, generator=gen)
+    y = torch.round(p)
+    n_u, n_c = ((1 - y) * (1 - p)).sum() + 1e-4, (y * p).sum() + 1e-4
+    ref = (0.5 * torch.sum((1 - p) * (y == 0) * diff**2) / n_u
+           + 0.5 * torch.sum(p * (y == 1) * torch.clamp(2.0 - diff, min=0) ** 2) / n_c) / 128
+    torch.testing.assert_close(bscc_loss(diff, p), ref)
+
+
+def test_queues_fill_are_buffers_and_global_term_starts_after_warmup(tmp_path: Any) -> None:
+    torch.manual_seed(0)
+    model: ClearSCD = build_model("clearscd", queue_len=8, enqueue_len=4, **SMALL).train()  # type: ignore[assignment]
+    assert {"queues.queue", "queues.ptr"} <= set(model.state_dict())
+    a, b = torch.randn(2, 3, 64, 64), torch.randn(2, 3, 64, 64)
+    sem_a = torch.zeros(2, 64, 64, dtype=torch.long)
+    sem_a[:, :, 32:] = 1
+    sem_b = torch.full((2, 64, 64), 9)  # ignored: date B pushes nothing
+    sem_b[:, :32] = 2
+    batch = {"sem_a": sem_a, "sem_b": sem_b}
+    before = model.queues.queue.clone()
+    model.current_epoch = 0
+    terms = model.extra_losses(model(a, b), batch)
+    assert set(terms) == {"sacl_local", "bscc"}  # warm-up: global SACL only fills the queues
+    assert model.queues.ptr.tolist() == [[4, 4, 0, 0, 0, 0, 0, 0, 0], [0, 0, 4, 0, 0, 0, 0, 0, 0]]
+    assert not torch.equal(model.queues.queue[0, 0, :, :4], before[0, 0, :, :4])
+    assert torch.equal(model.queues.queue[0, 0, :, 4:], before[0, 0, :, 4:])
+    torch.testing.assert_close(model.queues.queue[0, 0, :, :4].norm(dim=0), torch.ones(4))
+    model.current_epoch = 1
+    out = model(a, b)
+    terms = model.extra_losses(out, batch)
+    assert set(terms) == {"sacl_local", "sacl_global", "bscc"}
+    assert model.queues.ptr[0, 0] == 0  # the 8-slot ring wrapped
+    params = [p for p in model.parameters() if p.requires_grad]
+    for name, value in terms.items():
+        assert torch.isfinite(value), name
+        grads = torch.autograd.grad(value, params, retain_graph=True, allow_unused=True)
+        assert any(g is not None and bool(g.abs().sum() > 0) for g in grads), name
+    torch.save(model.state_dict(), tmp_path / "w.pt")
+    other = build_model("clearscd", queue_len=8, enqueue_len=4, **SMALL)
+    other.load_state_dict(torch.load(tmp_path / "w.pt", weights_only=True))
+    assert torch.equal(other.queues.queue, model.queues.queue) and torch.equal(other.queues.ptr, model.queues.ptr)
+
+
+def test_memory_queue_push_skips_rare_classes() -> None:
+    q = MemoryQueues(3, dim=4, length=8, enqueue_len=4)
+    feats = torch.randn(1, 4, 2, 4)
+    labels = torch.tensor([[[0, 0, 0, 0], [1, 1, 1, 2]]])
+    q.push(0, feats, labels)
+    assert q.ptr[0].tolist() == [4, 0, 0] and q.filled[0].tolist() == [4, 0, 0]
+
+
+def test_extra_losses_are_empty_in_eval_and_without_labels() -> None:
+    model = build_model("clearscd", **SMALL)
+    a, b = torch.randn(1, 3, 64, 64), torch.randn(1, 3, 64, 64)
+    out = model.train()(a, b)
+    assert set(model.extra_losses(out, {})) == {"bscc"}
+    with torch.no_grad():
+        assert model.eval().extra_losses(model(a, b), {"sem_a": None}) == {}
