@@ -173,6 +173,46 @@ def test_cli_tags_with_a_local_checkpoint(data: Path, clip: Any, tmp_path: Path)
     assert json.loads(out.read_text())[0]["image_path"] == "A/synth_00000.png"
 
 
+def test_load_clip_reads_openai_torchscript_archives(tmp_path: Path, data: Path) -> None:
+    """A (tiny) CLIP saved the way OpenAI ships it (a TorchScript archive) loads through --weights."""
+    import warnings
+
+    from changekit.clip_tags import load_clip
+
+    torch.manual_seed(1)
+    cfg = {"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "patch_size": 16},
+           "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 1, "layers": 1}}
+    src = open_clip.CLIP(**cfg, quick_gelu=True).eval()
+
+    class Holder(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            for name, child in src.named_children():
+                setattr(self, name, child)
+            for name in ("positional_embedding", "text_projection", "logit_scale"):
+                setattr(self, name, getattr(src, name))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x * self.logit_scale
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.trace(Holder(), torch.ones(1)).save(str(tmp_path / "ViT-B-16.pt"))
+        model, preprocess, tokenizer = load_clip("ViT-B-16", tmp_path / "ViT-B-16.pt")
+    image = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        # open_clip rounds OpenAI archives through fp16 (as OpenAI's weights are stored)
+        torch.testing.assert_close(model.encode_image(image), src.encode_image(image), atol=3e-3, rtol=5e-2)
+    assert preprocess(read_pil(data / "val" / "A" / "synth_00000.png")).shape == (3, 32, 32)
+
+
+def read_pil(path: Path) -> Any:
+    from changekit.clip_tags import to_pil_rgb
+    from changekit.data.io import read_image
+
+    return to_pil_rgb(read_image(path))
+
+
 def test_short_training_run_with_tags(data: Path, clip: Any, tmp_path: Path, monkeypatch: Any) -> None:
     """`changekit train` runs tiny ChangeCLIP for 2 steps on tagged generated data (tags reach the model)."""
     import yaml

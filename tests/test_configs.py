@@ -9,8 +9,10 @@ import pytest
 from changekit.config import load_config
 from changekit.engine.train import train
 
+# ChangeCLIP's full-size configs take about a minute per CPU step and need CLIP weights: their recipes are
+# checked (and built on the meta device) by tests/models/test_changeclip.py instead.
 CONFIGS = sorted(p for p in (Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml")
-                 if not p.name.startswith("_"))
+                 if not p.name.startswith("_") and p.parent.name != "changeclip")
 
 
 def test_configs_exist() -> None:

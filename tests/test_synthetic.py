@@ -97,7 +97,7 @@ def test_scene_content_is_varied_and_plausible() -> None:
         s = make_scene(128, pair_rng(4, i))
         counts += np.bincount(s["classes_a"].ravel(), minlength=len(CLASS_NAMES))
         m = s["label"] > 0
-        transitions |= set(zip(s["classes_a"][m].tolist(), s["classes_b"][m].tolist()))
+        transitions |= set(zip(s["classes_a"][m].tolist(), s["classes_b"][m].tolist(), strict=True))
         for k in colour:
             if (s["classes_a"] == k).any():
                 colour[k].append(s["image_a"][s["classes_a"] == k].astype(float).mean(0))

@@ -207,6 +207,9 @@ def _run(
     model_in = getattr(model, "in_channels", None)
     if model_in is not None and model_in != in_channels:
         raise ConfigError(f"in_channels: {in_channels} given but {name} expects {model_in}")
+    example = getattr(model, "example_extras", None)
+    if callable(example):  # models with extra inputs (ChangeCLIP's tags) provide dummy ones for timing
+        extras = {**example(batch), **extras}
     missing = [k for k in getattr(model, "extra_inputs", ()) if k not in extras]
     if missing:
         raise ConfigError(f"extras: {name} needs the forward inputs {', '.join(missing)}; pass them in extras")

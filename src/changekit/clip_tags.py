@@ -42,7 +42,7 @@ def read_class_names(path: str | Path | None = None) -> list[str]:
     """Class names, one per line; as in the seed, only the part before ``", "`` counts (the seed's file also
     carries a Chinese translation). ``None``: the bundled 56 names."""
     if path is None:
-        text = resources.files("changekit.resources").joinpath("rs_classes_56.txt").read_text(encoding="utf-8")
+        text = resources.files("changekit").joinpath("resources/rs_classes_56.txt").read_text(encoding="utf-8")
         source = "rs_classes_56.txt"
     else:
         if not Path(path).is_file():

@@ -57,6 +57,8 @@ DEFAULTS: dict[str, Any] = {
         "augment": "none",  # preset name (none, flips, standard, ...) or a list of ops
         "check_values": True,  # decode every label once to check its values
         "drop_last": False,
+        # ChangeCLIP's per-date CLIP tags (`changekit clip-tag` JSON files); enabled: auto | true | false
+        "tags": {"enabled": "auto", "suffix": "clipcls_56_vit16", "top_k": 9, "allow_missing": False},
     },
     "loss": [{"name": "ce"}],
     "optim": {

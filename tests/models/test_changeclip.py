@@ -282,3 +282,30 @@ def test_configs_follow_the_released_recipe(stem: str, monkeypatch: Any) -> None
     kwargs = {k: v for k, v in cfg["model"].items() if k not in ("name", "clip_weights")}
     with torch.device("meta"):
         assert count_parameters(build_model(cfg["model"]["name"], **kwargs)) == PARTS[cfg["model"]["name"]]["total"]
+
+
+def test_openai_torchscript_archive_loads(tmp_path: Path) -> None:
+    """OpenAI ships CLIP as fp16 TorchScript archives whose state dict has ``visual.*`` and the text keys."""
+    src = tiny(seed=5)
+    enc = src.text_encoder
+
+    class Holder(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.visual, self.transformer, self.token_embedding = src.backbone, enc.transformer, enc.token_embedding
+            self.positional_embedding, self.text_projection = enc.positional_embedding, enc.text_projection
+            self.ln_final = enc.ln_final
+            self.logit_scale = torch.nn.Parameter(torch.ones([]))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x * self.logit_scale
+
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.trace(Holder().half(), torch.ones(1, dtype=torch.half)).save(str(tmp_path / "RN50.pt"))
+        model = tiny(seed=6, clip_weights=str(tmp_path / "RN50.pt"))
+    assert model.backbone.conv1.weight.dtype == torch.float32
+    torch.testing.assert_close(model.backbone.conv1.weight, src.backbone.conv1.weight.float())
+    torch.testing.assert_close(model.text_encoder.ln_final.weight, enc.ln_final.weight.float())

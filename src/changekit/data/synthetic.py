@@ -279,6 +279,6 @@ def synthesize_geotiff_pair(out_dir: str | Path, size: int = 256, seed: int = 0)
     geo = GeoInfo(crs=CRS.from_string(_GEO_CRS), transform=Affine(px, 0.0, x0, 0.0, -px, y0))
     out_dir = Path(out_dir)
     paths = (out_dir / "A.tif", out_dir / "B.tif", out_dir / "label.tif")
-    for path, key in zip(paths, ("image_a", "image_b", "label")):
+    for path, key in zip(paths, ("image_a", "image_b", "label"), strict=True):
         write_geotiff(path, scene[key], geo)
     return paths

@@ -196,7 +196,7 @@ def _ids_touching(cand: np.ndarray, mask: np.ndarray, n: int) -> np.ndarray:
 
 def make_layout(size: int, rng: np.random.Generator) -> Layout:
     """Draw the date-A land cover, the candidate buildings and the shared ground textures."""
-    tex = dict(zip(_TEXTURES, smooth_fields(rng, size, _SIGMAS)))
+    tex = dict(zip(_TEXTURES, smooth_fields(rng, size, _SIGMAS), strict=True))
     angle = float(rng.uniform(0, np.pi / 2))
     cell, road_w = float(rng.uniform(16, 24)), float(rng.uniform(3.0, 5.5))
     u, v = _rotated(size, angle)

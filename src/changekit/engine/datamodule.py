@@ -9,22 +9,27 @@ import torch
 from torch.utils.data import DataLoader, default_collate
 
 from ..data.datasets import ChangeDataset
+from ..data.io import image_size
+from ..data.tags import maybe_add_tags
 from ..data.transforms import build_transforms
 from ..errors import ConfigError
 
 SPLITS = ("train", "val", "test")
 
 
-def build_dataset(cfg: dict[str, Any], split: str, augment: bool = False) -> ChangeDataset:
+def build_dataset(
+    cfg: dict[str, Any], split: str, augment: bool = False, extra_inputs: tuple[str, ...] = ()
+) -> ChangeDataset:
     """The dataset of one split from the ``data`` config (augmented only when ``augment``)."""
     source = cfg.get(split)
     if source is None:
         raise ConfigError(f"config key 'data.{split}' is not set (a folder or a path-list file)")
     transform = build_transforms(cfg["augment"], ignore_index=int(cfg["ignore_index"])) if augment else None
-    return ChangeDataset(
+    dataset = ChangeDataset(
         source, root=cfg["root"], layout=cfg["layout"], task=cfg["task"], transform=transform,
         mean=cfg["mean"], std=cfg["std"], check_values=cfg["check_values"], ignore_index=cfg["ignore_index"],
     )
+    return maybe_add_tags(dataset, cfg, split, extra_inputs)
 
 
 def collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
@@ -38,13 +43,22 @@ def collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
     return default_collate(batch)
 
 
+def _uniform_sizes(ds: ChangeDataset) -> bool:
+    """Whether all date-A images of ``ds`` share one size (read from headers, not pixels)."""
+    records = getattr(ds, "records", None)
+    if not records:
+        return True
+    return len({image_size(r.a)[:2] for r in records}) == 1
+
+
 class ChangeDataModule(L.LightningDataModule):
     """Builds the train/val/test datasets in ``setup`` and their loaders with worker processes."""
 
-    def __init__(self, data: dict[str, Any], seed: int = 42) -> None:
+    def __init__(self, data: dict[str, Any], seed: int = 42, extra_inputs: tuple[str, ...] = ()) -> None:
         super().__init__()
         self.cfg = data
         self.seed = seed
+        self.extra_inputs = tuple(extra_inputs)
         self.datasets: dict[str, ChangeDataset] = {}
 
     def setup(self, stage: str | None = None) -> None:  # noqa: D102
@@ -52,13 +66,16 @@ class ChangeDataModule(L.LightningDataModule):
         for split in wanted:
             if split in self.datasets or self.cfg.get(split) is None:
                 continue
-            self.datasets[split] = build_dataset(self.cfg, split, augment=split == "train")
+            self.datasets[split] = build_dataset(self.cfg, split, augment=split == "train",
+                                                 extra_inputs=self.extra_inputs)
         if stage == "fit" and "train" not in self.datasets:
             raise ConfigError("config key 'data.train' is not set (a folder or a path-list file)")
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         ds = self.datasets[split]
         bs = self.cfg["batch_size"] if split == "train" else (self.cfg["val_batch_size"] or self.cfg["batch_size"])
+        if split != "train" and not self.cfg["val_batch_size"] and not _uniform_sizes(ds):
+            bs = 1  # whole scenes of different sizes (OSCD, untiled sets) are evaluated one by one
         workers = int(self.cfg["num_workers"])
         generator = torch.Generator().manual_seed(self.seed)
         return DataLoader(

@@ -113,7 +113,8 @@ def train(
         load_weights(task.model, weights, cfg["init_from"])
         if task.ema is not None:
             task.ema.module.load_state_dict(task.model.state_dict())
-    dm = ChangeDataModule(cfg["data"], seed=int(cfg["trainer"]["seed"]))
+    dm = ChangeDataModule(cfg["data"], seed=int(cfg["trainer"]["seed"]),
+                          extra_inputs=tuple(getattr(task.model, "extra_inputs", ())))
     trainer = build_trainer(cfg, out, has_val=cfg["data"]["val"] is not None)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")

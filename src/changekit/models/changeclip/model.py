@@ -212,16 +212,22 @@ class ChangeCLIP(ChangeModel):
         return {"tags_a": [tags] * n, "tags_b": [tags] * n}
 
 
+def _variant(backbone: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    if kwargs.get("backbone", backbone) != backbone:
+        raise ConfigError(f"backbone: changeclip_{backbone} is the {backbone} variant; choose the model by name")
+    return {**kwargs, "backbone": backbone}
+
+
 @register_model
 def changeclip_rn50(**kwargs: Any) -> ChangeCLIP:
     """ChangeCLIP with CLIP's modified ResNet-50 (117,540,238 parameters)."""
-    return ChangeCLIP(backbone="rn50", **kwargs)
+    return ChangeCLIP(**_variant("rn50", kwargs))
 
 
 @register_model
 def changeclip_vitb16(**kwargs: Any) -> ChangeCLIP:
     """ChangeCLIP with CLIP's ViT-B/16 and four-level adapters (170,746,670 parameters)."""
-    return ChangeCLIP(backbone="vitb16", **kwargs)
+    return ChangeCLIP(**_variant("vitb16", kwargs))
 
 
 changeclip_rn50.model_cls = ChangeCLIP  # type: ignore[attr-defined]
