@@ -19,7 +19,7 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
         masks: Annotated[Path, typer.Option(help="folder of their class maps (same stems)")],
         classes: Annotated[Path, typer.Option(help="classes.yaml: names, colors, ignore_index")],
         out: Annotated[Path, typer.Option("--out", "-o", help="run folder")],
-        preset: Annotated[str, typer.Option(help="settings preset: default (GPU) or tiny (CPU smoke test)")] = "default",
+        preset: Annotated[str, typer.Option(help="settings preset: default (GPU) or tiny (CPU smoke)")] = "default",
         config: Annotated[Optional[Path], typer.Option(help="YAML of settings over the preset")] = None,
         set_: Annotated[Optional[list[str]], typer.Option("--set", help="override, e.g. train.ldm_steps=1000")] = None,
         resume: Annotated[bool, typer.Option(help="continue the run in --out")] = False,
@@ -45,7 +45,8 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
         strength: Annotated[float, typer.Option(help="appearance drift of unchanged regions, 0..1")] = 0.5,
         guidance: Annotated[Optional[float], typer.Option(help="classifier-free guidance scale")] = None,
         steps: Annotated[Optional[int], typer.Option(help="DDIM steps")] = None,
-        area: Annotated[tuple[float, float], typer.Option(help="changed-area fraction range")] = (0.05, 0.3),
+        area: Annotated[Optional[tuple[float, float]], typer.Option(
+            help="changed-area fraction range [default: 0.05 0.3, or the --edits file's]")] = None,
         edits: Annotated[Optional[Path], typer.Option(help="YAML: area_fraction, ops, transitions, ...")] = None,
     ) -> None:
         """Write a change data set (A|B|label + label1|label2 + records/) from edited class maps."""
@@ -54,7 +55,7 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
         from ..generation.edits import EditConfig
         from ..generation.writer import generate_dataset
 
-        kwargs: dict = {"area_fraction": tuple(area)}
+        kwargs: dict = {}
         if edits is not None:
             if not edits.is_file():
                 raise DatasetNotFoundError(f"{edits}: edit settings not found")
@@ -64,6 +65,8 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
                 raise ConfigError(f"{edits}: unknown edit settings {sorted(unknown)}; known: "
                                   f"{sorted(EditConfig.__dataclass_fields__)}")
             kwargs.update(extra)
+        if area is not None:
+            kwargs["area_fraction"] = tuple(area)
         generate_dataset(generator, masks, out, n, seed=seed, images=images, size=size,
                          edits=EditConfig(**kwargs), strength=strength, guidance=guidance, steps=steps)
         typer.echo(f"wrote {n} pairs to {out}")

@@ -18,7 +18,16 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError
 
-__all__ = ["build_autoencoder", "autoencoder_loss", "downsample_factor", "encode", "decode"]
+__all__ = ["build_autoencoder", "autoencoder_loss", "downsample_factor", "encode", "decode", "require_diffusers"]
+
+
+def require_diffusers() -> Any:
+    """The ``diffusers`` module, or a one-line error naming the extra to install."""
+    try:
+        import diffusers
+    except ImportError:
+        raise ConfigError("the generator needs diffusers: pip install 'changekit[diffusion]'") from None
+    return diffusers
 
 
 def build_autoencoder(
@@ -42,7 +51,7 @@ def build_autoencoder(
     Raises:
         ConfigError: a width not divisible by ``norm_num_groups``, or no level.
     """
-    from diffusers import AutoencoderKL
+    AutoencoderKL = require_diffusers().AutoencoderKL  # noqa: N806
 
     widths = tuple(int(c) for c in block_out_channels)
     if not widths or any(c % norm_num_groups for c in widths):

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
+from .autoencoder import require_diffusers
 
 __all__ = ["build_unet", "build_scheduler", "mask_condition", "diffusion_loss", "ddim_sample"]
 
@@ -50,7 +51,7 @@ def build_unet(
     Raises:
         ConfigError: mismatched level lists or widths not divisible by ``norm_num_groups``.
     """
-    from diffusers import UNet2DModel
+    UNet2DModel = require_diffusers().UNet2DModel  # noqa: N806
 
     widths = tuple(int(c) for c in block_out_channels)
     attn = tuple(bool(a) for a in attention_levels)
@@ -68,7 +69,7 @@ def build_unet(
 
 def build_scheduler(num_train_timesteps: int = 1000, beta_schedule: str = "scaled_linear") -> Any:
     """The DDPM noise schedule used for training (DDIM sampling reads the same config)."""
-    from diffusers import DDPMScheduler
+    DDPMScheduler = require_diffusers().DDPMScheduler  # noqa: N806
 
     return DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule,
                          beta_start=0.00085, beta_end=0.012, clip_sample=False)
@@ -128,7 +129,7 @@ def ddim_sample(
         strength: 0..1; the fraction of the schedule over which kept regions are free. 0 returns the anchor
             there unchanged; 1 regenerates them entirely (only the final layout ties them to date 1).
     """
-    from diffusers import DDIMScheduler
+    DDIMScheduler = require_diffusers().DDIMScheduler  # noqa: N806
 
     if not 0.0 <= strength <= 1.0:
         raise ConfigError(f"strength must be within 0..1, got {strength}")

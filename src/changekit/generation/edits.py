@@ -88,16 +88,21 @@ def transition_matrix(transitions: Mapping[Any, Mapping[Any, float]] | None, nam
     return table
 
 
-def _components(m: np.ndarray, valid: np.ndarray, classes: Sequence[int], min_px: int) -> list[tuple[int, np.ndarray]]:
-    """``(class, bool mask)`` of every connected component of the given classes with at least ``min_px`` pixels."""
-    out = []
+def _pick_component(m: np.ndarray, valid: np.ndarray, classes: Sequence[int], min_px: int, max_px: float,
+                    rng: np.random.Generator) -> tuple[int, np.ndarray] | None:
+    """``(class, bool mask)`` of a random connected component of the given classes with ``min_px`` to
+    ``max_px`` pixels (``None`` if there is none); only the chosen component's mask is materialised."""
+    found: list[tuple[int, np.ndarray, int]] = []
     for k in classes:
         lab, n = ndimage.label((m == k) & valid)
         if n == 0:
             continue
         sizes = np.bincount(lab.ravel())
-        out += [(int(k), lab == i) for i in np.flatnonzero(sizes >= min_px) if i > 0]
-    return out
+        found += [(int(k), lab, int(i)) for i in np.flatnonzero((sizes >= min_px) & (sizes <= max_px)) if i > 0]
+    if not found:
+        return None
+    cls, lab, i = found[int(rng.integers(len(found)))]
+    return cls, lab == i
 
 
 def _clip(region: np.ndarray, budget: int, rng: np.random.Generator) -> np.ndarray:
@@ -123,11 +128,10 @@ def _propose(op: str, m: np.ndarray, valid: np.ndarray, table: np.ndarray, donor
         donor = pool[d_i]
         d_valid = donor != ignore_index
         present = [c for c in np.unique(donor[d_valid]) if table[:, c].any()]
-        comps = [c for c in _components(donor, d_valid, present, cfg.min_object_pixels)
-                 if c[1].sum() < 0.5 * donor.size]
-        if not comps:
+        picked = _pick_component(donor, d_valid, present, cfg.min_object_pixels, 0.5 * donor.size, rng)
+        if picked is None:
             return None
-        cls, obj = comps[int(rng.integers(len(comps)))]
+        cls, obj = picked
         ys, xs = np.nonzero(obj)
         dy = int(rng.integers(-ys.min(), m.shape[0] - ys.max()))
         dx = int(rng.integers(-xs.min(), m.shape[1] - xs.max()))
@@ -135,10 +139,10 @@ def _propose(op: str, m: np.ndarray, valid: np.ndarray, table: np.ndarray, donor
         region[ys + dy, xs + dx] = True
         return region & valid, cls, {"op": "insert", "to": cls, "donor": d_i if donors else None, "offset": [dy, dx]}
     sources = [c for c in np.unique(m[valid]) if table[c].any()]
-    comps = _components(m, valid, sources, cfg.min_object_pixels)
-    if not comps:
+    picked = _pick_component(m, valid, sources, cfg.min_object_pixels, np.inf, rng)
+    if picked is None:
         return None
-    cls, obj = comps[int(rng.integers(len(comps)))]
+    cls, obj = picked
     if op == "convert":
         new = int(rng.choice(k, p=table[cls] / table[cls].sum()))
         return obj, new, {"op": "convert", "from": cls, "to": new}
@@ -209,6 +213,7 @@ def simulate_change(
                 record[key] = {"index": int(record[key]), "name": str(names[int(record[key])])}
         edits.append(record)
         m2, changed = cand, n_changed
-    info = {"target_fraction": round(target / max(n_valid, 1), 6), "changed_fraction": round(changed / max(n_valid, 1), 6),
+    denom = max(n_valid, 1)
+    info = {"target_fraction": round(target / denom, 6), "changed_fraction": round(changed / denom, 6),
             "reached": changed >= target, "attempts": attempts}
     return m2, edits, info

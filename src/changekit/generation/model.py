@@ -16,8 +16,8 @@ import torch
 import yaml
 
 from ..config import yaml_load
-from ..errors import ConfigError, DatasetNotFoundError, suggest
 from ..data.io import atomic_path
+from ..errors import ConfigError, DatasetNotFoundError, suggest
 from .autoencoder import build_autoencoder, decode, downsample_factor, encode
 from .diffusion import build_scheduler, build_unet, ddim_sample, mask_condition
 
@@ -147,7 +147,8 @@ class Generator:
                strength: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
         """Images ``(N, 3, H, W)`` in [-1, 1] and their latents, generated under ``(N, H, W)`` class maps."""
         s = self.settings["sample"]
-        z = ddim_sample(self.unet, self.scheduler, self.condition(masks), self.settings["autoencoder"]["latent_channels"],
+        latent_channels = self.settings["autoencoder"]["latent_channels"]
+        z = ddim_sample(self.unet, self.scheduler, self.condition(masks), latent_channels,
                         steps=int(steps or s["steps"]), guidance=float(s["guidance"] if guidance is None else guidance),
                         generator=generator, anchor=anchor, keep=keep, strength=strength)
         return self.decode(z), z

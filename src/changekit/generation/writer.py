@@ -27,7 +27,7 @@ import numpy as np
 import yaml
 
 from ..data.io import atomic_dir, write_png
-from ..errors import ConfigError
+from ..errors import ConfigError, LabelValueError
 from .edits import EditConfig, simulate_change
 from .model import Generator
 from .synthesis import synthesize_pair
@@ -87,6 +87,11 @@ def generate_dataset(
     if size % gen.factor or size > smallest:
         raise ConfigError(f"size {size}: must be a multiple of {gen.factor} and at most the smallest map ({smallest})")
     names, colors, ignore = gen.classes["names"], np.asarray(gen.classes["colors"]), gen.classes["ignore_index"]
+    for stem, _, mask in pairs:
+        bad = np.setdiff1d(np.unique(mask), [*range(len(names)), ignore])
+        if bad.size:
+            raise LabelValueError(f"{stem}: class map values {bad.tolist()} are not classes of the generator "
+                                  f"({len(names)} classes, ignore {ignore})")
     settings = {"strength": float(strength), "guidance": guidance if guidance is not None else
                 gen.settings["sample"]["guidance"], "steps": steps or gen.settings["sample"]["steps"],
                 "size": size, "date1": "real" if images is not None else "generated",
