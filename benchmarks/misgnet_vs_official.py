@@ -4,6 +4,8 @@ Usage::
 
     python benchmarks/misgnet_vs_official.py --official /path/to/MISGNet [--threads 2] [--repeats 5]
 
+``--ablations`` instead times changekit's model alone with each CPU speed measure switched off in turn.
+
 ``--official`` is a checkout of github.com/JackLiu-97/MISGNet (not part of this repository). It is imported as
 is and patched in memory only so that it builds: ``MutualModule0`` accepts the ``dropout`` argument that
 ``MutualNet`` passes (the released code raises ``TypeError``), and the hard-coded ``D:\\Download\\pvt_v2_b1.pth``
@@ -62,6 +64,96 @@ def median_time(fn: Callable[[], Any], repeats: int) -> float:
     return statistics.median(times)
 
 
+def _ablation_patches() -> dict[str, Callable[[torch.nn.Module], Callable[[], None]]]:
+    """Each entry switches ONE speed measure of changekit's MISGNet off (returns an undo function)."""
+    import torch.nn.functional as F
+
+    import changekit.models.misgnet.decoder as dec
+    import changekit.models.misgnet.model as mdl
+    import changekit.models.misgnet.sgm as sgm
+
+    def patch(obj: Any, name: str, value: Any) -> Callable[[], None]:
+        old = getattr(obj, name)
+        setattr(obj, name, value)
+        return lambda: setattr(obj, name, old)
+
+    def no_channels_last(model: torch.nn.Module) -> Callable[[], None]:
+        return patch(model, "channels_last", False)
+
+    def no_bn_fold(model: torch.nn.Module) -> Callable[[], None]:
+        return patch(dec, "_conv_bn", lambda conv, bn, x: bn(conv(x)))
+
+    def pixel_reprojection(model: torch.nn.Module) -> Callable[[], None]:
+        def forward(self: Any, nodes: torch.Tensor, assign: torch.Tensor, size: torch.Size) -> torch.Tensor:
+            pix = torch.bmm(nodes, assign).unsqueeze(3)  # (B, C, N, 1): conv on every pixel, as released
+            return F.relu(self.bn(self.conv(pix)), inplace=True).squeeze(3).view(size)
+        return patch(sgm._PixelConv, "forward", forward)
+
+    def loop_graphnet(model: torch.nn.Module) -> Callable[[], None]:
+        def forward(self: Any, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # the released loops
+            b, c, h, w = x.shape
+            sigma = torch.sigmoid(self.sigma)
+            flat = x.reshape(b, c, -1).permute(0, 2, 1).contiguous()
+            assign = torch.zeros(b, self.node_num, h * w, dtype=x.dtype)
+            for k in range(self.node_num):
+                assign[:, k] = -torch.norm((flat - self.anchor[k]).div(sigma[k]), dim=2).pow(2) / 2
+            assign = F.softmax(assign, dim=1)
+            nodes = torch.zeros(b, self.node_num, c, dtype=x.dtype)
+            for k in range(self.node_num):
+                r = (flat - self.anchor[k]).div(sigma[k])
+                nodes[:, k] = r.mul(assign[:, k].unsqueeze(2)).sum(1) / (assign[:, k].sum(1).unsqueeze(1) + 1e-9)
+            nodes = F.normalize(F.normalize(nodes, p=2, dim=2).view(b, -1), p=2, dim=1)
+            return nodes.view(b, c, self.node_num), assign
+        return patch(sgm.GraphNet, "forward", forward)
+
+    def two_backbone_passes(model: torch.nn.Module) -> Callable[[], None]:
+        original = mdl.MISGNet.features
+
+        def features(self: Any, x: torch.Tensor) -> list[torch.Tensor]:
+            n = x.shape[0] // 2
+            return [torch.cat(p) for p in zip(original(self, x[:n]), original(self, x[n:]), strict=True)]
+        return patch(mdl.MISGNet, "features", features)
+
+    def manual_attention(model: torch.nn.Module) -> Callable[[], None]:
+        mods = [m for m in model.modules() if hasattr(m, "fused_attn")]
+        for m in mods:
+            m.fused_attn = False
+
+        def undo() -> None:
+            for m in mods:
+                m.fused_attn = True
+        return undo
+
+    return {"full": lambda m: (lambda: None), "no_channels_last": no_channels_last, "no_bn_fold": no_bn_fold,
+            "pixel_reprojection": pixel_reprojection, "loop_graphnet": loop_graphnet,
+            "two_backbone_passes": two_backbone_passes, "manual_attention": manual_attention}
+
+
+def run_ablations(model: torch.nn.Module, size: int, batch: int, repeats: int) -> dict[str, float]:
+    """Inference pairs/s with each speed measure switched off in turn; rounds interleave the variants."""
+    gen = torch.Generator().manual_seed(1)
+    x, y = (torch.randn(batch, 3, size, size, generator=gen) for _ in range(2))
+    model.eval()
+    variants = _ablation_patches()
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    with torch.inference_mode():
+        ref = model(x, y).change
+        for r in range(repeats + 1):
+            for name, switch in variants.items():
+                undo = switch(model)
+                try:
+                    t0 = time.perf_counter()
+                    out = model(x, y).change
+                    dt = time.perf_counter() - t0
+                finally:
+                    undo()
+                if r == 0:  # warm-up round: also check each variant computes the same
+                    torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
+                else:
+                    times[name].append(dt)
+    return {name: batch / statistics.median(t) for name, t in times.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--official", type=Path, required=True, help="checkout of JackLiu-97/MISGNet")
@@ -69,6 +161,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--skip-train", action="store_true")
+    parser.add_argument("--ablations", action="store_true",
+                        help="only time changekit's model with each speed measure switched off in turn")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -80,6 +174,12 @@ def main() -> None:
 
     torch.manual_seed(0)
     ours = build_model("misgnet")
+    if args.ablations:
+        res = run_ablations(ours, args.size, 8, args.repeats)
+        for name, v in res.items():
+            print(f"{name:20s} {v:6.2f} pairs/s  ({v / res['full']:.2f}x of full)")
+        print(json.dumps({"threads": torch.get_num_threads(), "size": args.size, "batch": 8, **res}))
+        return
     official = load_official(args.official)
 
     # 1. equivalence: official weights -> converter key mapping -> our model

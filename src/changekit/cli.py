@@ -246,7 +246,10 @@ def main(argv: list[str] | None = None) -> int:
     for handler in logging.getLogger().handlers:  # Lightning prints its own INFO lines; don't echo them twice
         handler.setLevel(logging.DEBUG if debug else logging.WARNING)
     if not debug:
-        logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # no "GPU available: False" chatter
+        if args and args[0] in ("train", "test", "demo"):
+            import lightning.pytorch  # noqa: F401  (it sets its logger to INFO on import: quieten it after)
+
+            logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # no "GPU available: False" chatter
         warnings.filterwarnings("ignore", message=".*LeafSpec.*")
         warnings.filterwarnings("ignore", message=".*log_every_n_steps.*")
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")

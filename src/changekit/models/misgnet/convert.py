@@ -85,7 +85,6 @@ class RestrictedUnpickler(pickle.Unpickler):
 _PICKLE_MODULE = types.ModuleType("changekit_restricted_pickle")
 _PICKLE_MODULE.Unpickler = RestrictedUnpickler  # type: ignore[attr-defined]
 _PICKLE_MODULE.load = lambda f, **kw: RestrictedUnpickler(f, **kw).load()  # type: ignore[attr-defined]
-_PICKLE_MODULE.__dict__["dump"] = pickle.dump
 
 
 def restricted_load(path: str | Path) -> Any:

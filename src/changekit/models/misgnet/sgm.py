@@ -74,9 +74,14 @@ class GraphNet(nn.Module):
         self.sigma = nn.Parameter(torch.rand(node_num, dim))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: D102
+        # Clustering stays in float32 under autocast: softmax of squared distances and normalised sums.
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return self._cluster(x)
+
+    def _cluster(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         b, c, h, w = x.shape
         k = self.node_num
-        # (B, N, C): free for channels_last input. Clustering runs in float32 (softmax of squared distances).
+        # (B, N, C): free for channels_last input.
         pix = x.permute(0, 2, 3, 1).reshape(b, h * w, c).float()
         inv_sigma = torch.sigmoid(self.sigma.float()).reciprocal()  # (K, C)
         anchor = self.anchor.float()
