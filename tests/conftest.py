@@ -25,6 +25,17 @@ def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def synth_semantic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``train`` (8) and ``val`` (4) semantic 64x64 scenes (im1|im2|label1|label2|label + classes.yaml)."""
+    from changekit.data.synthetic import synthesize
+
+    root = tmp_path_factory.mktemp("synth_sem")
+    synthesize(root / "train", n=8, size=64, seed=3, semantic=True)
+    synthesize(root / "val", n=4, size=64, seed=4, semantic=True)
+    return root
+
+
+@pytest.fixture(scope="session")
 def tiny_config():  # noqa: ANN201
     """Factory of configs that train fc_siam_diff for a few CPU steps on a data root."""
     return _tiny_config

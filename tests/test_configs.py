@@ -20,12 +20,19 @@ def test_configs_exist() -> None:
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: f"{p.parent.name}/{p.stem}")
-def test_config_trains_one_step(path: Path, synth_root: Path, tmp_path: Path) -> None:
-    cfg = load_config(path, [
-        f"data.train={synth_root / 'train'}", f"data.val={synth_root / 'val'}", f"data.test={synth_root / 'val'}",
+def test_config_trains_one_step(path: Path, synth_root: Path, synth_semantic_root: Path, tmp_path: Path) -> None:
+    semantic = load_config(path)["data"]["task"] == "semantic"
+    root = synth_semantic_root if semantic else synth_root
+    overrides = [
+        f"data.train={root / 'train'}", f"data.val={root / 'val'}", f"data.test={root / 'val'}",
         "data.batch_size=2", "data.num_workers=0", "trainer.max_steps=1", "trainer.limit_val_batches=1",
         "trainer.accelerator=cpu", "trainer.devices=1", "trainer.progress_bar=false",
-    ])
+    ]
+    if semantic:  # the generated scenes have 5 classes with ignore 255 (Hi-UCD/SECOND have their own tables)
+        overrides += ["data.ignore_index=255", "model.num_classes=5", "data.classes=null", "data.augment=flips",
+                      "loss=[{name: bce}, {name: dice, skip_empty: true}, {name: ce, target: sem_a}, "
+                      "{name: ce, target: sem_b}]"]
+    cfg = load_config(path, overrides)
     for key in [k for k in cfg["model"] if k.endswith("weights")]:
         cfg["model"][key] = None  # no pretrained downloads in tests
     result = train(cfg, tmp_path / "run")

@@ -7,7 +7,7 @@ first (and creates it otherwise), so several families can add ``data convert <fo
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -31,9 +31,9 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:  # noqa: ARG001 -
         src: Annotated[Path, typer.Argument(help="Hi-UCD split folder (two year folders and a mask folder)")],
         out: Annotated[Path, typer.Option("--out", "-o", help="output folder (A/, B/, mask/, list.txt)")],
         tile: Annotated[int, typer.Option(help="tile size (ClearSCD: 512); 0 keeps whole images")] = 512,
-        a: Annotated[Optional[Path], typer.Option("--a", help="date-1 image folder (auto if omitted)")] = None,
-        b: Annotated[Optional[Path], typer.Option("--b", help="date-2 image folder")] = None,
-        mask: Annotated[Optional[Path], typer.Option("--mask", help="3-channel mask folder")] = None,
+        a: Annotated[Path | None, typer.Option("--a", help="date-1 image folder (auto if omitted)")] = None,
+        b: Annotated[Path | None, typer.Option("--b", help="date-2 image folder")] = None,
+        mask: Annotated[Path | None, typer.Option("--mask", help="3-channel mask folder")] = None,
     ) -> None:
         """Hi-UCD masks -> ClearSCD convention (classes - 1, unlabeled 9; change - 1, unlabeled 255)."""
         from ..data.convert import convert_hiucd

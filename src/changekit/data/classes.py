@@ -71,7 +71,8 @@ class ClassTable:
         if arr.ndim != 3 or arr.shape[2] < 3:
             raise LabelValueError(f"{where}: expected an RGB label image, got shape {arr.shape}")
         code = (arr[..., 0].astype(np.int64) << 16) | (arr[..., 1].astype(np.int64) << 8) | arr[..., 2]
-        keys = (self.colors[:, 0].astype(np.int64) << 16) | (self.colors[:, 1].astype(np.int64) << 8) | self.colors[:, 2]
+        col = self.colors.astype(np.int64)
+        keys = (col[:, 0] << 16) | (col[:, 1] << 8) | col[:, 2]
         order = np.argsort(keys)
         pos = np.clip(np.searchsorted(keys[order], code), 0, len(keys) - 1)
         found = keys[order][pos] == code

@@ -93,7 +93,8 @@ def test(
     task = _TestTask(cfg)
     task.model.load_state_dict(model.state_dict())
     task.max_samples = samples if report else 0
-    dm = ChangeDataModule(cfg["data"], seed=int(cfg["trainer"]["seed"]))
+    dm = ChangeDataModule(cfg["data"], seed=int(cfg["trainer"]["seed"]),
+                          extra_inputs=tuple(getattr(task.model, "extra_inputs", ())))
     trainer = L.Trainer(accelerator=accelerator, devices=1, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False,
                         precision=cfg["trainer"]["precision"])

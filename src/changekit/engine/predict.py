@@ -99,9 +99,16 @@ def predict(
             if ia.shape != ib.shape:
                 raise SizeMismatchError(f"{fa} ({ia.shape[1]}x{ia.shape[0]}x{ia.shape[2]}) and {fb} "
                                         f"({ib.shape[1]}x{ib.shape[0]}x{ib.shape[2]}) differ in size or bands")
+            extras = None
+            if "tags_a" in getattr(model, "extra_inputs", ()):  # ChangeCLIP: each date's CLIP tags
+                from ..data.tags import pair_extras
+
+                t = cfg["data"].get("tags") or {}
+                extras = pair_extras(fa, fb, t.get("suffix", "clipcls_56_vit16"), t.get("top_k", 9),
+                                     bool(t.get("allow_missing")))
             res: dict[str, Any] = sliding_window_predict(
                 model, _normalise(ia, mean, std), _normalise(ib, mean, std), tile=tile, overlap=overlap,
-                batch_size=batch_size, device=dev)
+                batch_size=batch_size, device=dev, extras=extras)
             prob = res["change"] if isinstance(res, dict) else res
             prob = prob.cpu().numpy() if torch.is_tensor(prob) else np.asarray(prob)
             mask = (prob > thr).astype(np.uint8) * 255

@@ -108,6 +108,9 @@ class ChangeTask(L.LightningModule):
             self.log_dict({f"train/{k}": v.detach() for k, v in terms.items()}, on_step=True, batch_size=bs)
         return loss
 
+    def on_train_epoch_start(self) -> None:  # noqa: D102
+        self.model.current_epoch = self.current_epoch  # epoch-dependent terms (ClearSCD's SACL warm-up), 0-based
+
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:  # noqa: D102
         if self.ema is not None:
             self.ema.update(self.model)

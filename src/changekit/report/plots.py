@@ -88,19 +88,37 @@ def _split_name(name: str) -> tuple[str, str]:
     return stage, name
 
 
-def group_panels(series: Series, min_points: int = 2) -> dict[str, list[str]]:
-    """Group columns into one panel per quantity (train and val loss share a panel), dropping single points."""
+_KEY_METRICS = ("f1", "iou", "kappa", "precision", "recall", "oa", "sek", "fscd", "miou_scd", "score", "miou_sc")
+
+
+def group_panels(series: Series, min_points: int = 2, max_panels: int = 9) -> dict[str, list[str]]:
+    """Group columns into one panel per quantity (train and val loss share a panel), dropping single points.
+
+    At most ``max_panels`` panels: the total loss, the headline metrics, then the rest (a semantic run logs
+    dozens of series; drawing them all costs tens of seconds and hides what matters).
+    """
     panels: dict[str, list[str]] = {}
     for name, (xs, _) in series.items():
         if len(xs) < min_points:
             continue
         panels.setdefault(_split_name(name)[1], []).append(name)
     # Losses first, metrics next, learning rates last: the order one reads a training run in.
-    return {q: panels[q] for q in sorted(panels, key=_panel_rank)}
+    chosen = sorted(panels, key=_panel_priority)[:max_panels]
+    return {q: panels[q] for q in sorted(chosen, key=_panel_rank)}
 
 
 def _panel_rank(quantity: str) -> int:
     return 0 if "loss" in quantity else 2 if quantity.startswith("lr") else 1
+
+
+def _panel_priority(quantity: str) -> tuple[int, int]:
+    if quantity == "loss":
+        return (0, 0)
+    if quantity in _KEY_METRICS:
+        return (1, _KEY_METRICS.index(quantity))
+    if quantity.startswith("lr"):
+        return (2, 0)
+    return (3 if "loss" not in quantity else 2, 0)
 
 
 def plot_history(rows: Sequence[Mapping[str, object]], dpi: int = 100) -> bytes | None:

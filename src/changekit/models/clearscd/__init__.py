@@ -12,9 +12,11 @@ buffers (saved in checkpoints). 5,780,499 parameters at the defaults (the encode
 ``_bn1`` included, as in the released model).
 
 Modules: :mod:`.heads` (CVAPS, projection), :mod:`.losses` (SACL, queues, BSCC), :mod:`.model` (the network).
-Departures from the released code, all documented in ``docs/models/clearscd.md``: ImageNet weights load for real
-when asked (``encoder_weights``; ``None`` reproduces the released random start); both dates share one encoder
-batch unless ``siamese_batch=False``; SACL is computed without per-class Python loops over pixels.
+Departures from the released code, all documented in ``docs/models/clearscd.md`` and none changing a result:
+ImageNet weights load for real when asked (``encoder_weights``; ``None`` reproduces the released random start);
+SACL is computed without per-class Python loops over pixels and without pixel-by-pixel logits matrices; the
+encoder is activation-checkpointed in training (``checkpoint_encoder``) and run pair by pair in CPU eval
+(``cpu_eval_chunk``). With the authors' weights the eval outputs equal theirs (benchmarks/clearscd_vs_official.py).
 """
 
 from __future__ import annotations
