@@ -31,7 +31,7 @@ def demo_config(data: Path, minutes: float, seed: int) -> dict[str, Any]:
         "optim": {"name": "adamw", "lr": 2e-3, "weight_decay": 1e-4},
         "schedule": {"name": "poly", "power": 0.9, "warmup": 30},
         "trainer": {
-            "max_epochs": 30, "max_time_minutes": minutes, "seed": seed, "monitor": "val/f1", "mode": "max",
+            "max_epochs": 11, "max_time_minutes": minutes, "seed": seed, "monitor": "val/f1", "mode": "max",
             "log_every_n_steps": 10, "accelerator": "cpu", "devices": 1, "progress_bar": True,
         },
     }
