@@ -90,6 +90,10 @@ DEFAULTS: dict[str, Any] = {
         "monitor": "val/f1",
         "mode": "max",
         "threshold": 0.5,  # change probability threshold for metrics and masks
+        "eval_mode": "whole",  # whole | slide: validate/test whole images, or with a sliding window
+        "eval_tile": 256,  # slide: window size
+        "eval_stride": 128,  # slide: window stride
+        "eval_blend": "mean",  # slide: mean (mmseg's averaging) | gaussian
         "precision": "32-true",  # 32-true | bf16-mixed | 16-mixed
         "accelerator": "auto",
         "devices": "auto",

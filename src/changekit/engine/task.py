@@ -75,8 +75,20 @@ class ChangeTask(L.LightningModule):
         return a, b, extras
 
     def _padded_forward(self, net: torch.nn.Module, batch: dict[str, Any]) -> ChangeOutput:
-        """Evaluate at any size: reflect-pad to the model's input divisor and crop the logits back."""
+        """Evaluate at any size: reflect-pad to the model's input divisor and crop the logits back.
+
+        With ``trainer.eval_mode: slide`` the images go through the shared sliding-window inference instead;
+        its blended probabilities come back as log-probabilities, so argmax, softmax and the losses read them
+        like logits.
+        """
         a, b, extras = self._inputs(batch)
+        tcfg = self.config["trainer"]
+        if tcfg["eval_mode"] == "slide":
+            return self._slide_forward(net, a, b, extras)
+        if tcfg["eval_mode"] != "whole":
+            from ..errors import ConfigError
+
+            raise ConfigError(f"trainer.eval_mode must be 'whole' or 'slide', got {tcfg['eval_mode']!r}")
         d = int(getattr(self.model, "input_divisor", 1))
         h, w = a.shape[-2:]
         ph, pw = (-h) % d, (-w) % d
@@ -93,6 +105,22 @@ class ChangeTask(L.LightningModule):
                 out.aux,
             )
         return out
+
+    def _slide_forward(
+        self, net: torch.nn.Module, a: torch.Tensor, b: torch.Tensor, extras: dict[str, Any]
+    ) -> ChangeOutput:
+        from ..inference.sliding import sliding_window_predict
+
+        t = self.config["trainer"]
+        res = sliding_window_predict(net, a, b, tile=int(t["eval_tile"]), overlap=None, stride=int(t["eval_stride"]),
+                                     batch_size=max(1, a.shape[0]) * 4, blend=t["eval_blend"], extras=extras or None)
+        p = res["change"].clamp(1e-6, 1 - 1e-6)
+        change = torch.stack([torch.log1p(-p), torch.log(p)], 1)
+
+        def log_probs(key: str) -> torch.Tensor | None:
+            return res[key].clamp_min(1e-6).log() if key in res else None
+
+        return ChangeOutput(change, log_probs("sem_a"), log_probs("sem_b"))
 
     # ---------------------------------------------------------------- training
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:  # noqa: D102
