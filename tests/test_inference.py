@@ -295,6 +295,19 @@ def test_predict_scene_png_pair(tmp_path: Any) -> None:
         predict_scene(model, pa, pb, pa, tile=32, overlap=8)
 
 
+def test_predict_scene_passes_extras(tmp_path: Any) -> None:
+    """Per-pair forward inputs (ChangeCLIP's tags) reach every tile of a scene."""
+    pa, pb, a, b = _write_pair(tmp_path, h=40, w=50)
+    model = Pointwise()
+    plain = predict_scene(model, pa, pb, tmp_path / "p0.tif", tile=32, overlap=8, write_prob=tmp_path / "q0.tif")
+    shifted = predict_scene(model, pa, pb, tmp_path / "p1.tif", tile=32, overlap=8, write_prob=tmp_path / "q1.tif",
+                            extras={"bias": torch.tensor([3.0])})
+    assert plain.is_file() and shifted.is_file()
+    p0, p1 = read_image(tmp_path / "q0.tif")[:, :, 0], read_image(tmp_path / "q1.tif")[:, :, 0]
+    logit = lambda p: np.log(p / (1 - p))  # noqa: E731
+    np.testing.assert_allclose(logit(p1.astype(np.float64)) - logit(p0.astype(np.float64)), 3.0, atol=1e-3)
+
+
 def test_band_count_must_match_model(tmp_path: Any) -> None:
     pa, pb, _, _ = _write_pair(tmp_path, h=40, w=40)
     with pytest.raises(ConfigError, match="expects 4 input channels"):

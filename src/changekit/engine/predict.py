@@ -89,16 +89,6 @@ def predict(
     out = Path(out)
     with atomic_dir(out) as tmp:
         for stem, fa, fb in pairs:
-            if fa.suffix.lower() in GEO_SUFFIXES:
-                predict_scene(model, fa, fb, tmp / f"{stem}.tif", tile=tile, overlap=overlap, batch_size=batch_size,
-                              threshold=thr, write_prob=(tmp / f"{stem}_prob.tif") if save_prob else None,
-                              mean=mean, std=std, device=dev)
-                written.append(out / f"{stem}.tif")
-                continue
-            ia, ib = read_image(fa), read_image(fb)
-            if ia.shape != ib.shape:
-                raise SizeMismatchError(f"{fa} ({ia.shape[1]}x{ia.shape[0]}x{ia.shape[2]}) and {fb} "
-                                        f"({ib.shape[1]}x{ib.shape[0]}x{ib.shape[2]}) differ in size or bands")
             extras = None
             if "tags_a" in getattr(model, "extra_inputs", ()):  # ChangeCLIP: each date's CLIP tags
                 from ..data.tags import pair_extras
@@ -106,6 +96,16 @@ def predict(
                 t = cfg["data"].get("tags") or {}
                 extras = pair_extras(fa, fb, t.get("suffix", "clipcls_56_vit16"), t.get("top_k", 9),
                                      bool(t.get("allow_missing")))
+            if fa.suffix.lower() in GEO_SUFFIXES:
+                predict_scene(model, fa, fb, tmp / f"{stem}.tif", tile=tile, overlap=overlap, batch_size=batch_size,
+                              threshold=thr, write_prob=(tmp / f"{stem}_prob.tif") if save_prob else None,
+                              mean=mean, std=std, device=dev, extras=extras)
+                written.append(out / f"{stem}.tif")
+                continue
+            ia, ib = read_image(fa), read_image(fb)
+            if ia.shape != ib.shape:
+                raise SizeMismatchError(f"{fa} ({ia.shape[1]}x{ia.shape[0]}x{ia.shape[2]}) and {fb} "
+                                        f"({ib.shape[1]}x{ib.shape[0]}x{ib.shape[2]}) differ in size or bands")
             res: dict[str, Any] = sliding_window_predict(
                 model, _normalise(ia, mean, std), _normalise(ib, mean, std), tile=tile, overlap=overlap,
                 batch_size=batch_size, device=dev, extras=extras)

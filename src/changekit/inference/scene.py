@@ -182,6 +182,7 @@ def predict_scene(
     amp: bool = False,
     sem_a_path: str | Path | None = None,
     sem_b_path: str | Path | None = None,
+    extras: dict[str, Any] | None = None,
 ) -> Path:
     """Predict the change mask of a (georeferenced) scene pair, strip by strip, and write it.
 
@@ -198,6 +199,7 @@ def predict_scene(
         scale: divisor applied to raw pixels first; ``None`` uses the dtype maximum for integer rasters
             (255 for uint8) and 1 for floats.
         device: compute device; ``None`` keeps the model's device.
+        extras: the model's extra forward inputs for this one pair (e.g. ChangeCLIP's tags), one entry each.
         sem_a_path, sem_b_path: semantic models only: optional class-index maps (uint8) of each date.
 
     Returns:
@@ -234,7 +236,7 @@ def predict_scene(
             if p is not None:
                 outputs[key] = _Output(p, f"{key}_path", "uint8", src_a, stack)
         with eval_mode(model), torch.inference_mode():
-            _run_strips(predictor, src_a, src_b, norm_a, norm_b, outputs, threshold)
+            _run_strips(predictor, src_a, src_b, norm_a, norm_b, outputs, threshold, extras)
         for out in outputs.values():
             out.finish()
     log.info("wrote %s", out_path)
@@ -249,6 +251,7 @@ def _run_strips(
     norm_b: Any,
     outputs: dict[str, _Output],
     threshold: float,
+    extras: dict[str, Any] | None = None,
 ) -> None:
     """Predict one row of tiles at a time, write the finished rows, carry the overlap rows onward."""
     grid = predictor.grid(src_a.height, src_a.width)
@@ -268,7 +271,7 @@ def _run_strips(
             wsum = torch.zeros(1, 1, *a.shape[-2:])
             acc[:, :, : carry[0].shape[2]] = carry[0]
             wsum[:, :, : carry[1].shape[2]] = carry[1]
-        acc, wsum = predictor.accumulate(a, b, positions, acc, wsum)
+        acc, wsum = predictor.accumulate(a, b, positions, acc, wsum, extras=extras)
         done = (grid.ys[r + 1] if r + 1 < len(grid.ys) else grid.padded_height) - y  # rows no later tile touches
         carry = (acc[:, :, done:].clone(), wsum[:, :, done:].clone())
         r0, r1 = max(y - grid.pad_top, 0), min(y + done - grid.pad_top, grid.height)
