@@ -5,3 +5,17 @@ Each module here defines ``register(app: typer.Typer, data_app: typer.Typer) -> 
 every module's ``register`` at start-up, so a new family adds its commands without editing ``cli.py``. Keep
 imports of heavy libraries inside the command functions so that ``changekit --help`` stays fast.
 """
+
+from __future__ import annotations
+
+import typer
+
+
+def sub_app(parent: typer.Typer, name: str, help: str) -> typer.Typer:  # noqa: A002 - typer's own word
+    """The ``name`` command group of ``parent``, created on first use (several plugins may add to one group)."""
+    for group in parent.registered_groups:
+        if group.name == name and group.typer_instance is not None:
+            return group.typer_instance
+    group_app = typer.Typer(no_args_is_help=True, help=help)
+    parent.add_typer(group_app, name=name)
+    return group_app

@@ -11,20 +11,12 @@ from typing import Annotated
 
 import typer
 
-
-def checkpoint_convert_group(app: typer.Typer) -> typer.Typer:
-    """The ``changekit convert`` sub-app, created on first use."""
-    for group in app.registered_groups:
-        if group.name == "convert" and group.typer_instance is not None:
-            return group.typer_instance
-    group_app = typer.Typer(no_args_is_help=True, help="Import checkpoints released by the original authors.")
-    app.add_typer(group_app, name="convert")
-    return group_app
+from . import sub_app
 
 
 def register(app: typer.Typer, data_app: typer.Typer) -> None:  # noqa: ARG001 - the plugin signature
     """Add ``convert misgnet``."""
-    convert = checkpoint_convert_group(app)
+    convert = sub_app(app, "convert", "Import checkpoints released by the original authors.")
 
     @convert.command("misgnet")
     def misgnet(

@@ -11,20 +11,12 @@ from typing import Annotated
 
 import typer
 
-
-def convert_group(data_app: typer.Typer) -> typer.Typer:
-    """The ``changekit data convert`` sub-app, created on first use."""
-    for group in data_app.registered_groups:
-        if group.name == "convert" and group.typer_instance is not None:
-            return group.typer_instance
-    group_app = typer.Typer(no_args_is_help=True, help="Convert published data set formats.")
-    data_app.add_typer(group_app, name="convert")
-    return group_app
+from . import sub_app
 
 
 def register(app: typer.Typer, data_app: typer.Typer) -> None:  # noqa: ARG001 - the plugin signature
     """Add ``data convert hiucd`` and ``data convert second``."""
-    convert = convert_group(data_app)
+    convert = sub_app(data_app, "convert", "Convert published data set formats.")
 
     @convert.command("hiucd")
     def hiucd(
