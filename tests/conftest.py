@@ -30,8 +30,8 @@ def synth_semantic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from changekit.data.synthetic import synthesize
 
     root = tmp_path_factory.mktemp("synth_sem")
-    synthesize(root / "train", n=8, size=64, seed=3, semantic=True)
-    synthesize(root / "val", n=4, size=64, seed=4, semantic=True)
+    synthesize(root / "train", n=8, size=64, seed=1, semantic=True)
+    synthesize(root / "val", n=4, size=64, seed=2, semantic=True)
     return root
 
 

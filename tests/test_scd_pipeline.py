@@ -17,7 +17,7 @@ from PIL import Image
 
 import changekit.models.clearscd  # noqa: F401  (registers the model until models/__init__ imports it)
 from changekit.cli import main
-from changekit.data.synthetic import CLASS_NAMES, PALETTE, synthesize
+from changekit.data.synthetic import CLASS_NAMES, PALETTE
 from changekit.engine.task import ChangeTask
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "clearscd" / "hiucd_mini.yaml"
@@ -25,11 +25,8 @@ HOOKED = "current_epoch" in inspect.getsource(ChangeTask)  # engine sets model.c
 
 
 @pytest.fixture(scope="module")
-def semantic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("scd")
-    synthesize(root / "train", n=8, size=64, seed=1, semantic=True)
-    synthesize(root / "val", n=4, size=64, seed=2, semantic=True)
-    return root
+def semantic_root(synth_semantic_root: Path) -> Path:
+    return synth_semantic_root  # the shared generated semantic set (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")

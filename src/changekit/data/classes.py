@@ -15,13 +15,14 @@ dataset's RGB label colours) and ``synthetic`` (changekit's generator). The colo
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError, DatasetNotFoundError, LabelValueError
+from ..errors import ChangekitError, ConfigError, DatasetNotFoundError, LabelValueError
 
 
 @dataclass(frozen=True)
@@ -163,3 +164,17 @@ def find_classes(config: dict[str, Any]) -> ClassTable | None:
             if (folder / "classes.yaml").is_file():
                 return load_classes(folder / "classes.yaml")
     return None
+
+
+def find_classes_for_display(config: dict[str, Any], num_classes: int) -> ClassTable | None:
+    """The run's class table when it fits a model with ``num_classes`` classes, else ``None`` (logged).
+
+    For outputs that can fall back to default names and colours (reports, palette PNGs): an unreadable or
+    mismatching table must not stop a prediction.
+    """
+    try:
+        table = find_classes(config)
+    except ChangekitError as exc:
+        logging.getLogger(__name__).warning("class table unavailable (%s); using default names and colours", exc)
+        return None
+    return table if table is not None and table.num_classes == num_classes else None

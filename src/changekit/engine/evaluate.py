@@ -14,7 +14,7 @@ import lightning as L
 import numpy as np
 
 from ..data.io import atomic_path
-from ..errors import ChangekitError, ConfigError
+from ..errors import ConfigError
 from .checkpoint import load_checkpoint
 from .datamodule import ChangeDataModule
 from .task import ChangeTask
@@ -48,16 +48,12 @@ def predicted_transitions(fromto: np.ndarray, num_classes: int) -> np.ndarray:
 
 def _semantic_report_args(cfg: dict[str, Any], task: _TestTask) -> dict[str, Any]:
     """Class names, palette, ignore value, transitions and pixel area for a semantic model's report."""
-    from ..data.classes import find_classes
+    from ..data.classes import find_classes_for_display
 
     c = int(getattr(task.model, "num_classes", 0))
     args: dict[str, Any] = {"sem_ignore_index": int(cfg["data"]["ignore_index"])}
-    try:
-        table = find_classes(cfg)
-    except ChangekitError as exc:
-        log.warning("no class table for the report (%s); using default names and colours", exc)
-        table = None
-    if table is not None and table.num_classes == c:
+    table = find_classes_for_display(cfg, c)
+    if table is not None:
         args.update(class_names=list(table.names), palette=table.colors, pixel_area=table.pixel_area)
     else:
         args["class_names"] = [f"class {i}" for i in range(c)]

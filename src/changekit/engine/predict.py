@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from ..data.io import IMAGE_SUFFIXES, atomic_dir, read_image, write_png
-from ..errors import ChangekitError, DatasetNotFoundError, PairingError, SizeMismatchError
+from ..errors import DatasetNotFoundError, PairingError, SizeMismatchError
 from ..inference.scene import predict_scene
 from ..inference.sliding import sliding_window_predict
 from .checkpoint import load_checkpoint
@@ -44,17 +44,11 @@ def pair_inputs(a: str | Path, b: str | Path) -> list[tuple[str, Path, Path]]:
 def semantic_palette(cfg: dict[str, Any], num_classes: int) -> np.ndarray:
     """``(K, 3)`` colours for class maps: the run's class table (``data.classes`` or a ``classes.yaml`` beside the
     data) when it has ``K`` classes, else the report's default palette."""
-    from ..data.classes import find_classes
+    from ..data.classes import find_classes_for_display
     from ..report.overlays import default_palette
 
-    try:
-        table = find_classes(cfg)
-    except ChangekitError as exc:
-        log.warning("class table unavailable (%s); using the default palette", exc)
-        table = None
-    if table is not None and table.num_classes == num_classes:
-        return table.colors
-    return default_palette(num_classes)
+    table = find_classes_for_display(cfg, num_classes)
+    return table.colors if table is not None else default_palette(num_classes)
 
 
 def _normalise(img: np.ndarray, mean: list[float], std: list[float]) -> torch.Tensor:
