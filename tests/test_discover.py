@@ -328,3 +328,20 @@ def test_pair_record_from_strings_and_bad_kind() -> None:
     assert not rec.is_semantic and PairRecord("x", "a", "b", "m", label_kind="hiucd").is_semantic
     with pytest.raises(ConfigError, match="label_kind"):
         PairRecord("x", "a", "b", label_kind="rgb")
+
+
+def test_pair_folders_for_prediction(tmp_path: Path) -> None:
+    """Two separate folders pair by stem; partners and duplicates are checked like layouts."""
+    from changekit.data.discover import pair_folders
+
+    img = np.zeros((8, 8, 3), np.uint8)
+    for folder, stems in (("x", ["p1", "p2"]), ("y", ["p2", "p1"])):
+        for stem in stems:
+            write_png(tmp_path / folder / f"{stem}.png", img)
+    recs = pair_folders(tmp_path / "x", tmp_path / "y")
+    assert [(r.stem, r.a.parent.name, r.b.parent.name) for r in recs] == [("p1", "x", "y"), ("p2", "x", "y")]
+    write_png(tmp_path / "x" / "p3.png", img)
+    with pytest.raises(PairingError, match=r"'p3' .* has no partner in .*y"):
+        pair_folders(tmp_path / "x", tmp_path / "y")
+    with pytest.raises(DatasetNotFoundError, match="folder not found"):
+        pair_folders(tmp_path / "x", tmp_path / "nope")

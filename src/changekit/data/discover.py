@@ -222,6 +222,28 @@ def discover_pairs(
     return discover(root_or_list, root=root, layout=layout, require_labels=require_labels).records
 
 
+def pair_folders(a: str | Path, b: str | Path) -> list[PairRecord]:
+    """Unlabelled pairs from two separate image folders (prediction inputs), paired by stem and sorted.
+
+    Raises:
+        DatasetNotFoundError: a folder is missing or holds no images.
+        PairingError: a file has no partner in the other folder, or two files share a stem.
+    """
+    a, b = Path(a), Path(b)
+    for folder in (a, b):
+        if not folder.is_dir():
+            raise DatasetNotFoundError(f"{folder}: folder not found")
+    problems: list[Problem] = []
+    index_a, index_b = _index(a, problems), _index(b, problems)
+    if not index_a:
+        raise DatasetNotFoundError(f"{a}: no images ({', '.join(IMAGE_SUFFIXES)})")
+    for own, other, folder in ((index_a, index_b, b), (index_b, index_a, a)):
+        for stem in sorted(set(own) - set(other)):
+            problems.append((PairingError, f"'{stem}' ({own[stem]}) has no partner in {folder}"))
+    raise_problems(problems, f"{a} and {b}")
+    return [PairRecord(stem, index_a[stem], index_b[stem]) for stem in sorted(index_a)]
+
+
 def detect_layout(root: str | Path, require_labels: bool = True) -> Layout:
     """The first layout of :data:`LAYOUTS` whose folders exist under ``root``."""
     root = Path(root)

@@ -9,7 +9,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..data.io import IMAGE_SUFFIXES, atomic_dir, read_image, write_png
+from ..data.discover import pair_folders
+from ..data.io import atomic_dir, read_image, write_png
 from ..errors import DatasetNotFoundError, PairingError, SizeMismatchError
 from ..inference.scene import predict_scene
 from ..inference.sliding import sliding_window_predict
@@ -29,16 +30,7 @@ def pair_inputs(a: str | Path, b: str | Path) -> list[tuple[str, Path, Path]]:
         return [(a.stem, a, b)]
     if a.is_file() != b.is_file():
         raise PairingError(f"{a} and {b}: give two files or two folders")
-    fa = {p.stem: p for p in sorted(a.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
-    fb = {p.stem: p for p in sorted(b.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
-    if not fa:
-        raise DatasetNotFoundError(f"{a}: no images ({', '.join(IMAGE_SUFFIXES)})")
-    for src, other, folder in ((fa, fb, b), (fb, fa, a)):
-        missing = sorted(set(src) - set(other))
-        if missing:
-            more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
-            raise PairingError(f"{folder}: no partner for {', '.join(missing[:5])}{more}")
-    return [(s, fa[s], fb[s]) for s in sorted(fa)]
+    return [(rec.stem, rec.a, rec.b) for rec in pair_folders(a, b)]
 
 
 def semantic_palette(cfg: dict[str, Any], num_classes: int) -> np.ndarray:
