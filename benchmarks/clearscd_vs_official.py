@@ -5,6 +5,9 @@ Usage::
     git clone https://github.com/tangkai-RS/ClearSCD /tmp/ClearSCD_official   # kept outside the repository
     python benchmarks/clearscd_vs_official.py --official /tmp/ClearSCD_official --threads 2
 
+``--allocator tuned`` applies :func:`changekit.runtime.tune_cpu_allocator` (what the ``changekit`` command line
+does) in every worker, for both implementations; the default ``system`` leaves glibc's malloc as it is.
+
 Each measurement runs in a fresh subprocess so that its peak resident memory (``ru_maxrss``) is its own.
 Measured: inference pairs/s (eval, no grad) at batch 1 and 8 for each ``--sizes``; one training step (forward,
 every loss term with the global SACL term active, backward, Adam step) at ``--train-size`` / ``--train-batch``,
@@ -186,6 +189,11 @@ def check_equivalence(official: str, size: int = 64) -> dict[str, float]:
 
 def _worker(ns: argparse.Namespace) -> None:
     torch.set_num_threads(ns.threads)
+    if ns.allocator == "tuned":
+        from changekit.runtime import tune_cpu_allocator
+
+        if not tune_cpu_allocator():
+            raise SystemExit("--allocator tuned needs glibc")
     torch.manual_seed(0)
     if ns.kind == "check":
         res = check_equivalence(ns.official, ns.size)
@@ -199,12 +207,13 @@ def _worker(ns: argparse.Namespace) -> None:
 
 def _spawn(ns: argparse.Namespace, impl: str, kind: str, size: int, batch: int) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--worker", impl, kind, str(size), str(batch), "--official", ns.official,
-           "--threads", str(ns.threads), "--reps", str(ns.reps)]
+           "--threads", str(ns.threads), "--reps", str(ns.reps), "--allocator", ns.allocator]
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
     if line is None:
         raise RuntimeError(f"{impl} {kind} {size} x{batch} failed:\n{proc.stderr[-3000:]}")
-    res = {"impl": impl, "kind": kind, "size": size, "batch": batch, **json.loads(line[7:])}
+    res = {"impl": impl, "kind": kind, "size": size, "batch": batch, "allocator": ns.allocator,
+           **json.loads(line[7:])}
     print(json.dumps(res), flush=True)
     return res
 
@@ -219,13 +228,15 @@ def main() -> None:
     p.add_argument("--no-train", action="store_true")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--reps", type=int, default=2, help="timed inference batches after one warm-up batch")
+    p.add_argument("--allocator", choices=("system", "tuned"), default="system",
+                   help="tuned: changekit's glibc malloc setting in every worker (both implementations)")
     p.add_argument("--out", help="write all results as JSON here")
     p.add_argument("--worker", nargs=4, metavar=("IMPL", "KIND", "SIZE", "BATCH"), help=argparse.SUPPRESS)
     ns = p.parse_args()
     if ns.worker:
         impl, kind, size, batch = ns.worker
         _worker(argparse.Namespace(impl=impl, kind=kind, size=int(size), batch=int(batch), official=ns.official,
-                                   threads=ns.threads, reps=ns.reps))
+                                   threads=ns.threads, reps=ns.reps, allocator=ns.allocator))
         return
     if not (Path(ns.official) / "model" / "ClearSCD.py").is_file():
         sys.exit(f"{ns.official}: not a ClearSCD checkout (model/ClearSCD.py missing)")

@@ -4,6 +4,13 @@ Usage::
 
     python benchmarks/misgnet_vs_official.py --official /path/to/MISGNet [--threads 2] [--repeats 5]
 
+``--allocator tuned`` first applies :func:`changekit.runtime.tune_cpu_allocator` (what ``changekit predict`` does)
+to the whole process, so both models run with it; the default ``system`` leaves glibc as it is. ``shipped``
+compares the two as users run them: each timed changekit inference call enters
+:func:`changekit.runtime.tuned_cpu_allocator` (which restores glibc's defaults and trims the heap on exit, so
+every changekit call starts from a trimmed heap: a conservative figure), the authors' code runs with glibc's
+defaults.
+
 ``--ablations`` instead times changekit's model alone with each CPU speed measure switched off in turn.
 
 ``--official`` is a checkout of github.com/JackLiu-97/MISGNet (not part of this repository). It is imported as
@@ -15,7 +22,7 @@ The script (1) copies the official model's weights into changekit's ``misgnet`` 
 converter's key mapping and checks that both give the same logits in eval mode, then (2) times, alternating the
 two models to share the machine's load fairly: inference pairs/s at 256x256 batch 8 and batch 1 (eval,
 ``torch.inference_mode``) and a training step at batch 8 (forward, 0.5 focal + dice loss, backward, AdamW).
-Each figure is the median of ``--repeats`` timed runs after one warm-up.
+Each figure is the median of ``--repeats`` timed runs after one warm-up; the repeats of the two models alternate.
 """
 
 from __future__ import annotations
@@ -54,14 +61,17 @@ def load_official(root: Path) -> torch.nn.Module:
     return model
 
 
-def median_time(fn: Callable[[], Any], repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
+def interleaved_medians(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
+    """Median seconds per call of each function; one warm-up each, then the repeats alternate between them."""
+    for fn in fns.values():
         fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def _ablation_patches() -> dict[str, Callable[[torch.nn.Module], Callable[[], None]]]:
@@ -69,6 +79,7 @@ def _ablation_patches() -> dict[str, Callable[[torch.nn.Module], Callable[[], No
     import torch.nn.functional as F
 
     import changekit.models.misgnet.decoder as dec
+    import changekit.models.onednn as onednn
     import changekit.models.misgnet.model as mdl
     import changekit.models.misgnet.sgm as sgm
 
@@ -114,19 +125,19 @@ def _ablation_patches() -> dict[str, Callable[[torch.nn.Module], Callable[[], No
             return [torch.cat(p) for p in zip(original(self, x[:n]), original(self, x[n:]), strict=True)]
         return patch(mdl.MISGNet, "features", features)
 
-    def manual_attention(model: torch.nn.Module) -> Callable[[], None]:
-        mods = [m for m in model.modules() if hasattr(m, "fused_attn")]
-        for m in mods:
-            m.fused_attn = False
+    def no_inplace_blocks(model: torch.nn.Module) -> Callable[[], None]:
+        return patch(model, "inplace_inference", False)
 
-        def undo() -> None:
-            for m in mods:
-                m.fused_attn = True
-        return undo
+    def addmm_linears(model: torch.nn.Module) -> Callable[[], None]:
+        return patch(onednn, "LINEAR", None)
 
-    return {"full": lambda m: (lambda: None), "no_channels_last": no_channels_last, "no_bn_fold": no_bn_fold,
+    def unfused_dwconv_gelu(model: torch.nn.Module) -> Callable[[], None]:
+        return patch(onednn, "CONV", None)
+
+    return {"full": lambda m: (lambda: None), "no_inplace_blocks": no_inplace_blocks, "addmm_linears": addmm_linears,
+            "unfused_dwconv_gelu": unfused_dwconv_gelu, "no_channels_last": no_channels_last, "no_bn_fold": no_bn_fold,
             "pixel_reprojection": pixel_reprojection, "loop_graphnet": loop_graphnet,
-            "two_backbone_passes": two_backbone_passes, "manual_attention": manual_attention}
+            "two_backbone_passes": two_backbone_passes}
 
 
 def run_ablations(model: torch.nn.Module, size: int, batch: int, repeats: int) -> dict[str, float]:
@@ -161,11 +172,18 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--skip-train", action="store_true")
+    parser.add_argument("--allocator", choices=("system", "tuned", "shipped"), default="system",
+                        help="tuned: changekit's glibc malloc setting for the whole process (both models); "
+                             "shipped: only around changekit's inference calls, as `changekit predict` runs")
     parser.add_argument("--ablations", action="store_true",
                         help="only time changekit's model with each speed measure switched off in turn")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    from changekit.runtime import tune_cpu_allocator, tuned_cpu_allocator
+
+    if args.allocator == "tuned" and not tune_cpu_allocator():
+        parser.error("--allocator tuned needs glibc")
 
     import changekit.models.misgnet  # noqa: F401  (registers misgnet)
     from changekit.losses import build_loss
@@ -178,7 +196,8 @@ def main() -> None:
         res = run_ablations(ours, args.size, 8, args.repeats)
         for name, v in res.items():
             print(f"{name:20s} {v:6.2f} pairs/s  ({v / res['full']:.2f}x of full)")
-        print(json.dumps({"threads": torch.get_num_threads(), "size": args.size, "batch": 8, **res}))
+        print(json.dumps({"threads": torch.get_num_threads(), "size": args.size, "batch": 8,
+                          "allocator": args.allocator, **res}))
         return
     official = load_official(args.official)
 
@@ -195,7 +214,7 @@ def main() -> None:
     diff = float((ref - got).abs().max())
     agree = float((ref.argmax(1) == got.argmax(1)).float().mean())
     result: dict[str, Any] = {"max_abs_logit_diff": diff, "argmax_agreement": agree,
-                              "threads": torch.get_num_threads(), "size": args.size}
+                              "threads": torch.get_num_threads(), "size": args.size, "allocator": args.allocator}
     print(f"equivalence: max |logit diff| {diff:.2e}, argmax agreement {agree:.5f}", flush=True)
 
     # 2. speed, alternating the two models
@@ -206,8 +225,10 @@ def main() -> None:
     def infer(model: torch.nn.Module, n: int, is_ours: bool) -> Callable[[], Any]:
         x, y = (torch.randn(n, 3, args.size, args.size, generator=gen) for _ in range(2))
 
+        shipped = args.allocator == "shipped" and is_ours
+
         def run() -> Any:
-            with torch.inference_mode():
+            with tuned_cpu_allocator() if shipped else contextlib.nullcontext(), torch.inference_mode():
                 return model(x, y)
         return run
 
@@ -225,16 +246,19 @@ def main() -> None:
             opt.step()
         return run
 
+    models = {"official": (official, False), "changekit": (ours, True)}
     for label, n in (("infer_b8", 8), ("infer_b1", 1)):
-        for name, model, is_ours in (("official", official, False), ("changekit", ours, True)):
+        for model, _ in models.values():
             model.eval()
-            t = median_time(infer(model, n, is_ours), args.repeats)
+        medians = interleaved_medians({k: infer(m, n, o) for k, (m, o) in models.items()}, args.repeats)
+        for name, t in medians.items():
             result[f"{name}_{label}_pairs_per_s"] = n / t
             print(f"{name:9s} {label}: {n / t:.2f} pairs/s ({t * 1000:.0f} ms per batch)", flush=True)
     if not args.skip_train:
-        for name, model, is_ours in (("official", official, False), ("changekit", ours, True)):
+        for model, _ in models.values():
             model.train()
-            t = median_time(train_step(model, is_ours), max(1, args.repeats // 2))
+        medians = interleaved_medians({k: train_step(m, o) for k, (m, o) in models.items()}, max(1, args.repeats // 2))
+        for name, t in medians.items():
             result[f"{name}_train_step_b8_s"] = t
             print(f"{name:9s} train step b8: {t:.2f} s", flush=True)
     result["speedup_infer_b8"] = result["changekit_infer_b8_pairs_per_s"] / result["official_infer_b8_pairs_per_s"]

@@ -14,7 +14,7 @@ from affine import Affine
 from rasterio.crs import CRS
 from torch import nn
 
-from changekit.data.io import GeoInfo, read_image, write_geotiff, write_png
+from changekit.data.io import GeoInfo, read_image, read_palette_indices, write_geotiff, write_png
 from changekit.errors import ConfigError, SizeMismatchError
 from changekit.inference.scene import IMAGENET_MEAN, IMAGENET_STD, polygonize, predict_scene
 from changekit.inference.sliding import (
@@ -249,14 +249,20 @@ def test_strip_processing_equals_in_memory_sliding_window(tmp_path: Any) -> None
 def test_predict_scene_semantic_class_maps(tmp_path: Any) -> None:
     pa, pb, a, b = _write_pair(tmp_path, h=70, w=60)
     model = Pointwise(num_classes=5)
+    palette = np.array([[0, 0, 0], [255, 0, 0], [0, 255, 0], [0, 0, 255], [9, 9, 9]], np.uint8)
     predict_scene(model, pa, pb, tmp_path / "m.tif", tile=32, overlap=8, sem_a_path=tmp_path / "sa.tif",
-                  sem_b_path=tmp_path / "sb.png")
+                  sem_b_path=tmp_path / "sb.png", palette=palette)
+    with rasterio.open(tmp_path / "sa.tif") as ds:  # a colour table for GIS tools
+        assert ds.colormap(1)[2] == (0, 255, 0, 255)
+    from PIL import Image
+
+    assert Image.open(tmp_path / "sb.png").mode == "P"
     with torch.no_grad():
         whole = model(_normalise(a)[None], _normalise(b)[None])
     sa, geo = read_image(tmp_path / "sa.tif", with_geo=True)
     assert geo.crs == GEO.crs
     np.testing.assert_array_equal(sa[:, :, 0], whole.sem_a.argmax(1)[0].numpy())
-    np.testing.assert_array_equal(read_image(tmp_path / "sb.png")[:, :, 0], whole.sem_b.argmax(1)[0].numpy())
+    np.testing.assert_array_equal(read_palette_indices(tmp_path / "sb.png"), whole.sem_b.argmax(1)[0].numpy())
 
 
 def test_crs_mismatch_names_both_files_and_crss(tmp_path: Any) -> None:

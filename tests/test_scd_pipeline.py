@@ -104,3 +104,27 @@ def test_predict_writes_palette_class_maps(run: Path, semantic_root: Path, tmp_p
             assert int(np.asarray(im).max()) < 5
             pal = np.asarray(im.getpalette()[:15]).reshape(5, 3)
             np.testing.assert_array_equal(pal, PALETTE)
+
+
+def test_predict_on_geotiffs_writes_georeferenced_class_maps(run: Path, semantic_root: Path, tmp_path: Path) -> None:
+    import rasterio
+    from rasterio.crs import CRS
+    from rasterio.transform import Affine
+
+    from changekit.data.io import GeoInfo, read_image, write_geotiff
+
+    stem = sorted(p.stem for p in (semantic_root / "val" / "im1").iterdir())[0]
+    geo = GeoInfo(crs=CRS.from_epsg(32633), transform=Affine(0.5, 0.0, 500000.0, 0.0, -0.5, 4000000.0))
+    for d in ("im1", "im2"):
+        (tmp_path / d).mkdir()
+        src = next((semantic_root / "val" / d).glob(f"{stem}.*"))
+        write_geotiff(tmp_path / d / f"{stem}.tif", read_image(src), geo)
+    assert main(["predict", "--ckpt", str(run / "model.ckpt"), "--a", str(tmp_path / "im1"), "--b",
+                 str(tmp_path / "im2"), "--out", str(tmp_path / "pred"), "--tile", "64", "--overlap", "16"]) == 0
+    assert sorted(p.name for p in (tmp_path / "pred").iterdir()) == [f"{stem}.tif", f"{stem}_sem_a.tif",
+                                                                      f"{stem}_sem_b.tif"]
+    for key in ("sem_a", "sem_b"):
+        with rasterio.open(tmp_path / "pred" / f"{stem}_{key}.tif") as ds:
+            assert str(ds.crs) == "EPSG:32633" and ds.transform.a == 0.5
+            assert int(ds.read(1).max()) < 5
+            assert ds.colormap(1)[1][:3] == tuple(int(v) for v in PALETTE[1])

@@ -13,6 +13,7 @@ tracemalloc cannot be used because torch's CPU allocations bypass Python's alloc
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import platform
@@ -31,6 +32,7 @@ from torch import nn
 
 from .errors import ConfigError
 from .inference.sliding import autocast_for
+from .runtime import tuned_cpu_allocator
 
 log = logging.getLogger(__name__)
 
@@ -226,11 +228,13 @@ def _run(
         with torch.inference_mode(), autocast_for(dev, amp):
             return model(a, b, **extras)
 
-    mem.start()
-    infer_times = _time_runs(infer, dev, warmup, iters)
-    infer_mem = mem.peak_mib()
-    with torch.inference_mode():
-        out = model(a, b, **extras)
+    # inference as `changekit predict` runs it: with the CPU allocator tuned (changekit.runtime); training without
+    with tuned_cpu_allocator() if dev.type == "cpu" else contextlib.nullcontext(False) as allocator_tuned:
+        mem.start()
+        infer_times = _time_runs(infer, dev, warmup, iters)
+        infer_mem = mem.peak_mib()
+        with torch.inference_mode():
+            out = model(a, b, **extras)
     task = "semantic" if out.sem_a is not None else getattr(model, "task", "binary")
     infer_s = statistics.median(infer_times)
     result: dict[str, Any] = {
@@ -241,6 +245,7 @@ def _run(
         "infer_pairs_per_s": batch / infer_s,
         "infer_times_s": infer_times,
         "infer_peak_mem_mib": infer_mem,
+        "infer_cpu_allocator_tuned": allocator_tuned,
         "train_step_s": None,
         "train_pairs_per_s": None,
         "train_peak_mem_mib": None,

@@ -245,6 +245,10 @@ def main(argv: list[str] | None = None) -> int:
     if debug:
         args.remove("--debug")
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    if args and args[0] in ("predict", "test"):  # inference: reuse freed tensor memory (changekit.runtime)
+        from .runtime import tune_cpu_allocator
+
+        tune_cpu_allocator()
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     for handler in logging.getLogger().handlers:  # Lightning prints its own INFO lines; don't echo them twice
         handler.setLevel(logging.DEBUG if debug else logging.WARNING)

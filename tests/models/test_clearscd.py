@@ -254,3 +254,30 @@ def test_encoder_checkpointing_changes_nothing() -> None:
             torch.testing.assert_close(p1.grad, p2.grad, msg=name)
     for (name, b1), b2 in zip(plain.named_buffers(), ckpt.buffers(), strict=True):
         assert torch.equal(b1, b2), name
+
+
+def test_cpu_inference_fast_path_computes_the_released_eval_forward() -> None:
+    """Fused encoder (folded BN, fused SiLU), channels_last and whole-batch eval equal the plain smp path."""
+    torch.manual_seed(0)
+    model: ClearSCD = build_model("clearscd").eval()  # type: ignore[assignment]
+    for bn in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):  # non-trivial statistics
+        bn.running_mean.uniform_(-0.5, 0.5)
+        bn.running_var.uniform_(0.5, 2.0)
+    a, b = torch.randn(3, 3, 96, 64), torch.randn(3, 3, 96, 64)
+    with torch.inference_mode():
+        fast = model(a, b)
+        model.cpu_fused_encoder, model.cpu_channels_last, model.cpu_eval_chunk = False, False, 1
+        ref = model(a, b)
+    for name in ("change", "sem_a", "sem_b"):
+        torch.testing.assert_close(getattr(fast, name), getattr(ref, name), atol=1e-4, rtol=1e-4)
+
+
+def test_add_merge_equals_smps_merge_block() -> None:
+    from segmentation_models_pytorch.decoders.fpn.decoder import MergeBlock
+
+    from changekit.models.clearscd.model import AddMerge
+
+    xs = [torch.randn(2, 8, 5, 5, requires_grad=True) for _ in range(4)]
+    torch.testing.assert_close(AddMerge()(xs), MergeBlock("add")(xs))
+    AddMerge()(xs).sum().backward()
+    assert all(torch.equal(x.grad, torch.ones_like(x)) for x in xs)

@@ -61,6 +61,24 @@ def test_full_model_shapes(size: int) -> None:
     assert torch.isfinite(out.change).all()
 
 
+def test_inference_fast_path_equals_timms_blocks() -> None:
+    """The in-place / fused-oneDNN backbone path (no autograd) computes what timm's blocks compute."""
+    model = build_model("misgnet").eval()
+    a, b = torch.randn(2, 3, 64, 96), torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        fast = model(a, b).change
+        model.inplace_inference = False
+        try:
+            ref = model(a, b).change
+        finally:
+            model.inplace_inference = True
+    torch.testing.assert_close(fast, ref, atol=1e-4, rtol=1e-4)
+    model.train()
+    x = torch.randn(1, 3, 64, 64)
+    model(x, x).change.sum().backward()  # training takes timm's autograd path
+    assert model.backbone.stages[0].blocks[0].mlp.fc1.weight.grad is not None
+
+
 def test_non_square_and_odd_sizes_are_padded() -> None:
     model = build_model("misgnet").eval()
     a, b = torch.randn(2, 3, 66, 130), torch.randn(2, 3, 66, 130)

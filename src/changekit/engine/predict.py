@@ -61,7 +61,8 @@ def predict(
 
     Optional outputs: ``<stem>_prob.png`` (probability x 255) and ``<stem>_overlay.png`` (changes in red on B).
     Semantic models also write ``<stem>_sem_a.png`` and ``<stem>_sem_b.png``: both dates' class maps as palette
-    PNGs (pixel value = class index, colours from the run's class table; see :func:`semantic_palette`).
+    PNGs (pixel value = class index, colours from the run's class table; see :func:`semantic_palette`); for
+    GeoTIFF inputs ``<stem>_sem_a.tif`` / ``<stem>_sem_b.tif`` with the scene's georeferencing and a colour table.
     The whole folder appears only when every pair is done.
     """
     pairs = pair_inputs(a, b)
@@ -83,9 +84,10 @@ def predict(
                 extras = pair_extras(fa, fb, t.get("suffix", "clipcls_56_vit16"), t.get("top_k", 9),
                                      bool(t.get("allow_missing")))
             if fa.suffix.lower() in GEO_SUFFIXES:
+                sem = {f"{k}_path": tmp / f"{stem}_{k}.tif" for k in ("sem_a", "sem_b")} if palette is not None else {}
                 predict_scene(model, fa, fb, tmp / f"{stem}.tif", tile=tile, overlap=overlap, batch_size=batch_size,
                               threshold=thr, write_prob=(tmp / f"{stem}_prob.tif") if save_prob else None,
-                              mean=mean, std=std, device=dev, extras=extras)
+                              mean=mean, std=std, device=dev, extras=extras, palette=palette, **sem)
                 written.append(out / f"{stem}.tif")
                 continue
             ia, ib = read_image(fa), read_image(fb)

@@ -103,8 +103,10 @@ def _check_pair(a: _Raster, b: _Raster) -> None:
 class _Output:
     """One output raster written strip by strip: windowed GeoTIFF writes, or a PNG assembled in memory."""
 
-    def __init__(self, path: str | Path, key: str, dtype: str, src: _Raster, stack: contextlib.ExitStack) -> None:
+    def __init__(self, path: str | Path, key: str, dtype: str, src: _Raster, stack: contextlib.ExitStack,
+                 palette: np.ndarray | None = None) -> None:
         self.path = Path(path)
+        self.palette = palette
         self.dtype = np.dtype(dtype)
         suffix = self.path.suffix.lower()
         self._ds: Any = None
@@ -121,6 +123,8 @@ class _Output:
                 profile.update(crs=src.crs, transform=src.transform)
             tmp = stack.enter_context(atomic_path(self.path))
             self._ds = stack.enter_context(rasterio.open(tmp, "w", **profile))
+            if palette is not None:  # class maps: a colour table, so GIS tools show the classes' colours
+                self._ds.write_colormap(1, {i: (*map(int, rgb), 255) for i, rgb in enumerate(palette)})
         elif suffix in _PNG:
             if src.crs is not None:
                 log.warning("%s: PNG output drops the georeferencing of %s; use .tif to keep it", self.path, src.path)
@@ -142,7 +146,7 @@ class _Output:
     def finish(self) -> None:
         """PNG outputs are written here (atomically); GeoTIFFs are renamed when the exit stack closes."""
         if self._arr is not None:
-            write_png(self.path, self._arr)
+            write_png(self.path, self._arr, palette=self.palette)
 
 
 def _normaliser(src: _Raster, mean: Sequence[float], std: Sequence[float], scale: float | None) -> Any:
@@ -183,6 +187,7 @@ def predict_scene(
     sem_a_path: str | Path | None = None,
     sem_b_path: str | Path | None = None,
     extras: dict[str, Any] | None = None,
+    palette: np.ndarray | None = None,
 ) -> Path:
     """Predict the change mask of a (georeferenced) scene pair, strip by strip, and write it.
 
@@ -201,6 +206,7 @@ def predict_scene(
         device: compute device; ``None`` keeps the model's device.
         extras: the model's extra forward inputs for this one pair (e.g. ChangeCLIP's tags), one entry each.
         sem_a_path, sem_b_path: semantic models only: optional class-index maps (uint8) of each date.
+        palette: ``(K, 3)`` uint8 class colours for those maps (a GeoTIFF colour table or a palette PNG).
 
     Returns:
         ``out_path``.
@@ -234,7 +240,7 @@ def predict_scene(
             outputs["prob"] = _Output(write_prob, "write_prob", "float32", src_a, stack)
         for key, p in (("sem_a", sem_a_path), ("sem_b", sem_b_path)):
             if p is not None:
-                outputs[key] = _Output(p, f"{key}_path", "uint8", src_a, stack)
+                outputs[key] = _Output(p, f"{key}_path", "uint8", src_a, stack, palette)
         with eval_mode(model), torch.inference_mode():
             _run_strips(predictor, src_a, src_b, norm_a, norm_b, outputs, threshold, extras)
         for out in outputs.values():

@@ -18,22 +18,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-def _folded(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
-    """Weight and bias of ``bn(conv(x))`` as one convolution (eval mode: running statistics)."""
-    scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)  # type: ignore[operator]
-    weight = conv.weight * scale.view(-1, 1, 1, 1)
-    bias = bn.bias - bn.running_mean * scale  # type: ignore[operator]
-    if conv.bias is not None:
-        bias = bias + conv.bias * scale
-    return weight, bias
+from ..onednn import fold_bn
 
 
 def _conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
     """``bn(conv(x))``, with the BatchNorm folded into the conv in eval mode."""
     if bn.training or bn.running_mean is None:
         return bn(conv(x))
-    weight, bias = _folded(conv, bn)
+    weight, bias = fold_bn(conv.weight, conv.bias, bn)
     return F.conv2d(x, weight, bias, conv.stride, conv.padding)
 
 
