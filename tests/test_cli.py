@@ -68,6 +68,14 @@ def test_predict_writes_masks(trained: Path, synth_root: Path, tmp_path: Path, c
     values = np.unique(np.asarray(Image.open(masks[0])))
     assert set(values.tolist()) <= {0, 255}
     assert (tmp_path / "pred" / "synth_00000_prob.png").is_file()
+    # --amp (bfloat16 autocast on CPU): same outputs up to rounding of the probabilities
+    rc, _, _ = _run(capsys, "predict", "--ckpt", trained / "model.ckpt", "--a", synth_root / "val" / "A",
+                    "--b", synth_root / "val" / "B", "--out", tmp_path / "amp", "--tile", 64, "--overlap", 16, "--prob",
+                    "--amp")
+    assert rc == 0
+    full = np.asarray(Image.open(tmp_path / "pred" / "synth_00000_prob.png")).astype(int)
+    half = np.asarray(Image.open(tmp_path / "amp" / "synth_00000_prob.png")).astype(int)
+    assert np.abs(full - half).mean() < 3  # 0..255 scale
 
 
 def test_resume_continues_and_refuses_overwrite(trained: Path, capsys: pytest.CaptureFixture,

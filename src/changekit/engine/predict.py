@@ -55,7 +55,7 @@ def _normalise(img: np.ndarray, mean: list[float], std: list[float]) -> torch.Te
 def predict(
     ckpt: str | Path, a: str | Path, b: str | Path, out: str | Path, tile: int = 512, overlap: int = 64,
     batch_size: int = 4, threshold: float | None = None, save_prob: bool = False, save_overlay: bool = False,
-    device: str | None = None,
+    device: str | None = None, amp: bool = False,
 ) -> list[Path]:
     """Write a 0/255 change mask per pair into ``out`` (named by stem; GeoTIFF in, GeoTIFF out).
 
@@ -63,7 +63,8 @@ def predict(
     Semantic models also write ``<stem>_sem_a.png`` and ``<stem>_sem_b.png``: both dates' class maps as palette
     PNGs (pixel value = class index, colours from the run's class table; see :func:`semantic_palette`); for
     GeoTIFF inputs ``<stem>_sem_a.tif`` / ``<stem>_sem_b.tif`` with the scene's georeferencing and a colour table.
-    The whole folder appears only when every pair is done.
+    ``amp`` runs the model under autocast (bfloat16 on CPU, float16 on CUDA); probabilities are accumulated in
+    float32. The whole folder appears only when every pair is done.
     """
     pairs = pair_inputs(a, b)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -87,7 +88,7 @@ def predict(
                 sem = {f"{k}_path": tmp / f"{stem}_{k}.tif" for k in ("sem_a", "sem_b")} if palette is not None else {}
                 predict_scene(model, fa, fb, tmp / f"{stem}.tif", tile=tile, overlap=overlap, batch_size=batch_size,
                               threshold=thr, write_prob=(tmp / f"{stem}_prob.tif") if save_prob else None,
-                              mean=mean, std=std, device=dev, extras=extras, palette=palette, **sem)
+                              mean=mean, std=std, device=dev, extras=extras, palette=palette, amp=amp, **sem)
                 written.append(out / f"{stem}.tif")
                 continue
             ia, ib = read_image(fa), read_image(fb)
@@ -96,7 +97,7 @@ def predict(
                                         f"({ib.shape[1]}x{ib.shape[0]}x{ib.shape[2]}) differ in size or bands")
             res: dict[str, Any] = sliding_window_predict(
                 model, _normalise(ia, mean, std), _normalise(ib, mean, std), tile=tile, overlap=overlap,
-                batch_size=batch_size, device=dev, extras=extras)
+                batch_size=batch_size, device=dev, extras=extras, amp=amp)
             prob = res["change"] if isinstance(res, dict) else res
             prob = prob.cpu().numpy() if torch.is_tensor(prob) else np.asarray(prob)
             mask = (prob > thr).astype(np.uint8) * 255
