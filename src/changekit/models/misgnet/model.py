@@ -209,7 +209,7 @@ class MISGNet(ChangeModel):
         diffs = []
         for sgm, feat in zip(self.sgm, self.features(x), strict=True):
             fa, fb = sgm(feat[:n], feat[n:])
-            diffs.append((fa - fb).abs())
+            diffs.append((fa - fb).abs_())
         logits = self.decoder(*diffs)
         return ChangeOutput(change=logits[..., :h, :w].contiguous())
 

@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..onednn import fold_bn
+
 
 class NodeConv(nn.Module):
     """1x1 conv (no bias) -> BatchNorm -> ReLU on a node tensor ``(B, C, K)`` (released: ``BasicConv2d``).
@@ -85,8 +87,12 @@ class GraphNet(nn.Module):
         pix = x.permute(0, 2, 3, 1).reshape(b, h * w, c).float()
         inv_sigma = torch.sigmoid(self.sigma.float()).reciprocal()  # (K, C)
         anchor = self.anchor.float()
-        residual = (pix.unsqueeze(2) - anchor) * inv_sigma  # (B, N, K, C), all nodes at once
-        assign = torch.softmax(residual.square().sum(-1).mul(-0.5), dim=2)  # (B, N, K)
+        residual = pix.unsqueeze(2) - anchor  # (B, N, K, C), all nodes at once
+        if torch.is_grad_enabled():
+            dist = (residual * inv_sigma).square().sum(-1)
+        else:  # same values; no autograd, so the temporaries are updated in place
+            dist = residual.mul_(inv_sigma).square_().sum(-1)
+        assign = torch.softmax(dist.mul_(-0.5), dim=2)  # (B, N, K)
         mass = assign.sum(1)  # (B, K)
         # sum_n a_kn (x_n - anchor_k) / sigma_k  ==  (A^T X - anchor_k * mass_k) / sigma_k
         weighted = torch.bmm(assign.transpose(1, 2), pix)  # (B, K, C)
@@ -163,6 +169,13 @@ class _PixelConv(nn.Module):
 
     def forward(self, nodes: torch.Tensor, assign: torch.Tensor, size: torch.Size) -> torch.Tensor:  # noqa: D102
         b, c, h, w = size
+        if not self.bn.training and not torch.is_grad_enabled():
+            # eval: BN folded into W, its shift added to every node: the assignment sums to 1 over the nodes
+            # (softmax), so sum_k a_kn (v_k + shift) = sum_k a_kn v_k + shift. One pass over the pixels fewer.
+            weight, shift = fold_bn(self.conv.weight, None, self.bn)
+            wv = torch.matmul(weight.view(c, c), nodes).add_(shift.view(1, c, 1))  # (B, C, K)
+            pix = torch.bmm(assign.transpose(1, 2), wv.transpose(1, 2))  # (B, N, C)
+            return pix.view(b, h, w, c).permute(0, 3, 1, 2).relu_()
         wv = torch.matmul(self.conv.weight.view(c, c), nodes)  # (B, C, K)
         pix = torch.bmm(assign.transpose(1, 2), wv.transpose(1, 2))  # (B, N, C)
         out = pix.view(b, h, w, c).permute(0, 3, 1, 2)  # channels_last view of (B, C, H, W)
@@ -204,4 +217,6 @@ class MutualNet(nn.Module):
         g2, assign2 = self.x2_proj0(x2)
         x2_g = self.r2e(self.x1_conv1(g1), self.x2_conv1(g2), self.x2_conv2(g2), assign2, x2.shape)
         x1_g = self.r2e2(self.x2_conv11(g2), self.x1_conv11(g1), self.x1_conv22(g1), assign1, x1.shape)
-        return x1 + x1_g, x2 + x2_g
+        if torch.is_grad_enabled():
+            return x1 + x1_g, x2 + x2_g
+        return x1_g.add_(x1), x2_g.add_(x2)  # the fresh re-projections take the residual in place
