@@ -27,7 +27,8 @@ import yaml
 
 from ..errors import ConfigError
 from .io import GeoInfo, atomic_dir, write_geotiff, write_png
-from .synthetic_scene import CLASS_NAMES, PALETTE, apply_changes, draw_look, make_layout, noise, render
+from .synthetic_render import draw_look, render
+from .synthetic_scene import CLASS_NAMES, PALETTE, apply_changes, make_layout, noise
 
 __all__ = [
     "CLASS_NAMES", "PALETTE", "IGNORE_INDEX", "DEFAULT_CHANGE_FRACTION", "make_scene", "make_large_scene",
