@@ -12,12 +12,25 @@ registered but, by design, get no gradient from the outputs).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import pytest
 import torch
 
 from changekit.models import ChangeModel, ChangeOutput, build_model
+
+
+def train_losses(step_loss: Callable[[], torch.Tensor], opt: torch.optim.Optimizer, steps: int) -> list[float]:
+    """Take ``steps`` optimiser steps on ``step_loss()`` and return the losses (for "the loss falls" tests)."""
+    losses = []
+    for _ in range(steps):
+        loss = step_loss()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss))
+    return losses
 
 
 def _outputs(out: ChangeOutput) -> list[torch.Tensor]:

@@ -16,7 +16,7 @@ from changekit.models.changeclip.model import ChangeCLIP
 from changekit.models.changeclip.text import BACKGROUND, prompts, tokenize
 from changekit.models.changeclip.weights import load_clip_weights
 
-from .base import BaseModelTester
+from .base import BaseModelTester, train_losses
 
 TEXT = {"width": 32, "heads": 2, "layers": 1}
 SMALL = {"text": TEXT, "context_width": 32, "context_heads": 2, "context_layers": 1, "channels": 64}
@@ -240,13 +240,7 @@ def test_loss_falls_when_training_a_few_steps() -> None:
     mask[:, 16:48, 16:48] = 1
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     ex = model.example_extras(2)
-    losses = []
-    for _ in range(8):
-        loss = torch.nn.functional.cross_entropy(model(a, b, **ex).change, mask)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(float(loss))
+    losses = train_losses(lambda: torch.nn.functional.cross_entropy(model(a, b, **ex).change, mask), opt, 8)
     assert losses[-1] < 0.7 * losses[0], losses
 
 

@@ -10,7 +10,7 @@ from changekit.losses import build_loss
 from changekit.models import build_model, count_parameters
 from changekit.models.fc_siam import FCEF, FCSiam
 
-from .base import BaseModelTester
+from .base import BaseModelTester, train_losses
 
 
 class TestFCEF(BaseModelTester):
@@ -136,13 +136,7 @@ def test_loss_falls_on_synthetic_squares() -> None:
     model = build_model("fc_siam_diff")
     loss_fn = build_loss([{"name": "ce"}])
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    losses = []
-    for _ in range(30):
-        loss, _ = loss_fn(model(a, b), {"mask": mask})
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(float(loss))
+    losses = train_losses(lambda: loss_fn(model(a, b), {"mask": mask})[0], opt, 30)
     assert sum(losses[-3:]) / 3 < 0.5 * sum(losses[:3]) / 3, losses
     model.eval()
     with torch.no_grad():

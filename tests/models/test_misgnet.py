@@ -19,7 +19,7 @@ from changekit.models import build_model, count_parameters, model_info
 from changekit.models.misgnet import CascadeGCNet, GraphNet, MISGNet, MutualModule, MutualNet
 from changekit.models.misgnet.decoder import Decode, Translayer
 
-from .base import BaseModelTester
+from .base import BaseModelTester, train_losses
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "misgnet"
 
@@ -313,13 +313,7 @@ def test_loss_falls_on_generated_scenes() -> None:
     loss_fn = build_loss([{"name": "focal", "weight": 0.5, "alpha": 0.2, "gamma": 2},
                           {"name": "dice", "mode": "multiclass"}])
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=4e-4, weight_decay=1e-4)
-    losses = []
-    for _ in range(12):
-        loss, _ = loss_fn(model(a, b), {"mask": mask})
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(float(loss))
+    losses = train_losses(lambda: loss_fn(model(a, b), {"mask": mask})[0], opt, 12)
     assert sum(losses[-3:]) / 3 < 0.7 * sum(losses[:3]) / 3, losses
 
 

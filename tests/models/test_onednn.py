@@ -1,4 +1,4 @@
-"""The fused oneDNN inference kernels equal the plain PyTorch ops, and fall back without them."""
+"""The fused oneDNN inference kernels equal the plain PyTorch ops, and fall back without them; BN folding."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from changekit.models import onednn
+from changekit.models.blocks import fold_bn
 
 
 @pytest.mark.parametrize("act", ["none", "relu", "swish", "gelu", "sigmoid"])
@@ -39,6 +40,6 @@ def test_fold_bn_equals_conv_then_bn() -> None:
     bn.running_mean.uniform_(-1, 1)
     bn.running_var.uniform_(0.5, 2)
     x = torch.randn(2, 4, 8, 8)
-    w, b = onednn.fold_bn(conv.weight, conv.bias, bn)
+    w, b = fold_bn(conv.weight, conv.bias, bn)
     with torch.no_grad():
         torch.testing.assert_close(F.conv2d(x, w, b), bn(conv(x)), atol=1e-5, rtol=1e-5)

@@ -16,6 +16,15 @@ from ..errors import ConfigError
 FUSIONS = ("diff", "concat", "sum")
 
 
+def fold_bn(weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weight and bias of ``bn(conv(x))`` as one convolution (eval mode: running statistics)."""
+    scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)  # type: ignore[operator]
+    folded_bias = bn.bias - bn.running_mean * scale  # type: ignore[operator]
+    if bias is not None:
+        folded_bias = folded_bias + bias * scale
+    return weight * scale.view(-1, *([1] * (weight.dim() - 1))), folded_bias
+
+
 class ConvBNReLU(nn.Module):
     """3x3 conv (with bias, as in the FC-* papers) -> BatchNorm -> ReLU -> optional Dropout2d.
 
@@ -36,9 +45,7 @@ class ConvBNReLU(nn.Module):
         if self.training or bn.running_mean is None or bn.running_var is None:
             x = F.relu(bn(self.conv(x)), inplace=True)
             return self.drop(x) if self.drop is not None else x
-        scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
-        weight = self.conv.weight * scale.view(-1, 1, 1, 1)
-        bias = bn.bias + (self.conv.bias - bn.running_mean) * scale  # type: ignore[operator]
+        weight, bias = fold_bn(self.conv.weight, self.conv.bias, bn)
         return F.conv2d(x, weight, bias, padding=1).relu_()
 
 

@@ -4,7 +4,7 @@ PyTorch ships these ops (``torch.ops.mkldnn._convolution_pointwise`` / ``_linear
 calling them in eager mode removes the separate activation pass over every large feature map, and the bias
 broadcast that ``addmm`` writes before its product. They only serve float32 CPU tensors without autograd; every
 function here falls back to the plain PyTorch ops otherwise, or when a build lacks them, with the same result
-up to rounding.
+up to rounding. BatchNorm folding, which these paths use too, is :func:`changekit.models.blocks.fold_bn`.
 """
 
 from __future__ import annotations
@@ -34,15 +34,6 @@ CONV = _op("_convolution_pointwise")
 def usable(x: torch.Tensor) -> bool:
     """Whether the fused kernels may run on ``x``: float32 on CPU, no autograd."""
     return x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled()
-
-
-def fold_bn(weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
-    """Weight and bias of ``bn(conv(x))`` as one convolution (eval mode: running statistics)."""
-    scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)  # type: ignore[operator]
-    folded_bias = bn.bias - bn.running_mean * scale  # type: ignore[operator]
-    if bias is not None:
-        folded_bias = folded_bias + bias * scale
-    return weight * scale.view(-1, *([1] * (weight.dim() - 1))), folded_bias
 
 
 def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: Any = 1, padding: Any = 0,

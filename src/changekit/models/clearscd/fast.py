@@ -12,13 +12,14 @@ import torch
 from torch import nn
 
 from .. import onednn
+from ..blocks import fold_bn
 
 
 def _conv(conv: nn.Conv2d, x: torch.Tensor, bn: nn.Module | None = None, act: str = "none") -> torch.Tensor:
     pad = getattr(conv, "static_padding", None)  # efficientnet's Conv2dStaticSamePadding (TF "same" padding)
     if pad is not None:
         x = pad(x)
-    weight, bias = (conv.weight, conv.bias) if bn is None else onednn.fold_bn(conv.weight, conv.bias, bn)
+    weight, bias = (conv.weight, conv.bias) if bn is None else fold_bn(conv.weight, conv.bias, bn)
     return onednn.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups, act)
 
 

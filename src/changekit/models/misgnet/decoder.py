@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..onednn import fold_bn
+from ..blocks import ConvBNReLU, fold_bn
 
 
 def _conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
@@ -70,18 +70,6 @@ class Decode(nn.Module):
         return F.relu(_conv_bn(self.conv3, self.bn3, torch.cat((z1, z2), dim=1)), inplace=True)
 
 
-class ConvBNAct(nn.Module):
-    """3x3 conv with bias + BatchNorm + ReLU (the released ``Conv(64, 32, 3, bn=True, relu=True)``)."""
-
-    def __init__(self, in_channels: int, out_channels: int) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1)
-        self.bn = nn.BatchNorm2d(out_channels)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        return F.relu(_conv_bn(self.conv, self.bn, x), inplace=True)
-
-
 class MDAM(nn.Module):
     """Multilevel Difference Aggregation on the three SGM difference maps, then the head.
 
@@ -98,7 +86,8 @@ class MDAM(nn.Module):
         self.translayer1 = Translayer(c3, c2)
         self.translayer2 = Translayer(c2, c1)
         self.translayer3 = Translayer(c2, c1)
-        self.head = nn.Sequential(ConvBNAct(c1, c1 // 2), nn.Conv2d(c1 // 2, num_classes, kernel_size=3, padding=1))
+        # the released Conv(64, 32, 3, bn=True, relu=True): 3x3 conv with bias + BN + ReLU, as the shared block
+        self.head = nn.Sequential(ConvBNReLU(c1, c1 // 2), nn.Conv2d(c1 // 2, num_classes, kernel_size=3, padding=1))
 
     def forward(self, d1: torch.Tensor, d2: torch.Tensor, d3: torch.Tensor) -> torch.Tensor:  # noqa: D102
         out1 = self.decode1(d2, self.translayer1(d3))

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..onednn import fold_bn
+from ..blocks import fold_bn
 
 
 class NodeConv(nn.Module):
