@@ -128,13 +128,17 @@ def _ablation_patches() -> dict[str, Callable[[torch.nn.Module], Callable[[], No
     def no_inplace_blocks(model: torch.nn.Module) -> Callable[[], None]:
         return patch(model, "inplace_inference", False)
 
+    def whole_batch_mix_ffn(model: torch.nn.Module) -> Callable[[], None]:
+        return patch(model, "mlp_chunk_bytes", 0)
+
     def addmm_linears(model: torch.nn.Module) -> Callable[[], None]:
         return patch(onednn, "LINEAR", None)
 
     def unfused_dwconv_gelu(model: torch.nn.Module) -> Callable[[], None]:
         return patch(onednn, "CONV", None)
 
-    return {"full": lambda m: (lambda: None), "no_inplace_blocks": no_inplace_blocks, "addmm_linears": addmm_linears,
+    return {"full": lambda m: (lambda: None), "no_inplace_blocks": no_inplace_blocks,
+            "whole_batch_mix_ffn": whole_batch_mix_ffn, "addmm_linears": addmm_linears,
             "unfused_dwconv_gelu": unfused_dwconv_gelu, "no_channels_last": no_channels_last, "no_bn_fold": no_bn_fold,
             "pixel_reprojection": pixel_reprojection, "loop_graphnet": loop_graphnet,
             "two_backbone_passes": two_backbone_passes}

@@ -79,6 +79,18 @@ def test_inference_fast_path_equals_timms_blocks() -> None:
     assert model.backbone.stages[0].blocks[0].mlp.fc1.weight.grad is not None
 
 
+def test_mix_ffn_image_groups_equal_whole_batch() -> None:
+    """The Mix-FFN over groups of images (``mlp_chunk_bytes``) computes what the whole-batch pass computes."""
+    model = build_model("misgnet").eval()
+    a, b = torch.randn(3, 3, 64, 64), torch.randn(3, 3, 64, 64)  # 6 images: groups of 2 in every stage below
+    with torch.no_grad():
+        model.mlp_chunk_bytes = 0
+        whole = model(a, b).change
+        model.mlp_chunk_bytes = 2 * 16 * 16 * 512 * 4  # two stage-1 images (16x16 tokens, 512 hidden channels)
+        grouped = model(a, b).change
+    torch.testing.assert_close(grouped, whole, atol=1e-5, rtol=1e-5)
+
+
 def test_non_square_and_odd_sizes_are_padded() -> None:
     model = build_model("misgnet").eval()
     a, b = torch.randn(2, 3, 66, 130), torch.randn(2, 3, 66, 130)

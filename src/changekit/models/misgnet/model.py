@@ -88,24 +88,35 @@ def build_backbone(in_channels: int, keep_stage4: bool, weights: str | None) -> 
     return _maybe_drop_stage4(backbone, keep_stage4)
 
 
-def _block_inference(block: nn.Module, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+def _block_inference(block: nn.Module, x: torch.Tensor, hw: tuple[int, int], chunk_bytes: int) -> torch.Tensor:
     """timm's PVTv2 ``Block.forward`` for inference (no autograd): same arithmetic, fewer passes over memory.
 
     The residual adds run in place, the linears fuse their bias and the Mix-FFN's depthwise conv fuses its exact
-    GELU (oneDNN, :mod:`..onednn`). On CPU every fresh tensor of the 8x-wide hidden layer (134 MB per stage-1
-    block at batch 8) costs a pass of page faults; these measures remove two of its three per block.
+    GELU (oneDNN, :mod:`..onednn`). The Mix-FFN runs over groups of whole images whose 8x-wide hidden layer
+    stays under ``chunk_bytes`` (0: the whole batch at once); see :attr:`MISGNet.mlp_chunk_bytes`.
     """
     x = x.add_(_attention_inference(block.attn, block.norm1(x), hw))
-    mlp = block.mlp
-    h = mlp.relu(onednn.linear(block.norm2(x), mlp.fc1))
+    y = block.norm2(x)
+    n, length, _ = x.shape
+    per_image = length * block.mlp.fc1.out_features * x.element_size()
+    step = n if chunk_bytes <= 0 else max(2, chunk_bytes // per_image // 2 * 2)  # >= 2: see mlp_chunk_bytes
+    for i in range(0, n, step):
+        x[i:i + step].add_(_mlp_inference(block.mlp, y[i:i + step], hw))
+    return x
+
+
+def _mlp_inference(mlp: nn.Module, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    """timm's ``MlpWithDepthwiseConv`` (PVTv2's Mix-FFN) with fused-bias linears and the GELU fused in the conv."""
+    h = mlp.relu(onednn.linear(x, mlp.fc1))
     n, _, c = h.shape
     conv = mlp.dwconv  # on the channels_last view of the tokens: no copy
     hidden = onednn.conv2d(h.transpose(1, 2).view(n, c, *hw), conv.weight, conv.bias, conv.stride, conv.padding,
                            conv.dilation, conv.groups, act="gelu")
+    del h  # frees the first hidden tensor before fc2 allocates
     hidden = hidden.flatten(2).transpose(1, 2)
     if not hidden.is_contiguous():  # the conv answered in NCHW
         hidden = hidden.contiguous()
-    return x.add_(onednn.linear(hidden, mlp.fc2))
+    return onednn.linear(hidden, mlp.fc2)
 
 
 def _attention_inference(attn: nn.Module, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
@@ -150,6 +161,13 @@ class MISGNet(ChangeModel):
 
     channels_last: bool = True  # CPU speed switch (benchmarks compare both); the results are the same
     inplace_inference: bool = True  # speed switch: backbone blocks update temporaries in place without autograd
+    #: Without autograd, the Mix-FFN runs over groups of whole images whose 8x-wide hidden layer (8.4 MB per
+    #: 256x256 image in stage 1) fits in this many bytes; 0 runs the whole batch at once. Below glibc's 32 MB
+    #: mmap threshold, each hidden tensor reuses heap memory instead of being mapped fresh and page-faulted
+    #: in (about 1.7 GB/s on the 2-core benchmark machine, where the groups cut a batch-8 forward from 1.25 to
+    #: 1.05 s), and the hidden layer is read back from cache. Groups hold at least 2 images: oneDNN's pointwise conv takes a one-image
+    #: channels_last batch for NCHW and copies it both ways. Same results; a speed switch only.
+    mlp_chunk_bytes: int = 16 << 20
 
     def __init__(
         self,
@@ -192,7 +210,8 @@ class MISGNet(ChangeModel):
             n, h, w, c = x.shape
             tokens = x.reshape(n, h * w, c)
             for block in stage.blocks:
-                tokens = _block_inference(block, tokens, (h, w)) if inplace else block(tokens, (h, w))
+                tokens = (_block_inference(block, tokens, (h, w), self.mlp_chunk_bytes) if inplace
+                          else block(tokens, (h, w)))
             x = stage.norm(tokens).reshape(n, h, w, c)
             feats.append(x.permute(0, 3, 1, 2) if self.channels_last else x.permute(0, 3, 1, 2).contiguous())
         return feats
