@@ -253,3 +253,87 @@ def test_short_training_run_with_tags(data: Path, clip: Any, tmp_path: Path, mon
     assert main(["train", str(tmp_path / "cfg.yaml"), "--out", str(tmp_path / "run")]) == 0
     assert (tmp_path / "run" / "model.ckpt").is_file()
     assert seen and all(len(kw["tags_a"]) == 2 and len(kw["tags_a"][0].split("|")) == 9 for kw in seen[:2])
+
+
+def _register_tiny_clip(clip: Any, tmp_path: Path) -> Path:
+    """Register the tiny CLIP config with open_clip and save its weights; returns the weights file."""
+    cfg = tmp_path / "cfg" / "changekit-tiny-clip.json"
+    cfg.parent.mkdir(exist_ok=True)
+    cfg.write_text(json.dumps(TINY_CLIP))
+    open_clip.add_model_config(cfg)
+    torch.save(clip[0].state_dict(), tmp_path / "tiny.pt")
+    return tmp_path / "tiny.pt"
+
+
+def test_tile_tagger_gives_the_tags_clip_tag_writes(data: Path, clip: Any) -> None:
+    """Normalised tiles are turned back into the same pixels, so each tile gets the tags of its image file."""
+    from changekit.clip_tags import TileTagger
+    from changekit.data.io import read_image
+    from changekit.data.tags import image_tags
+    from changekit.engine.predict import _normalise
+
+    names = read_class_names()
+    tag_dataset(data / "train", *clip, names, progress=False)
+    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    tagger = TileTagger(*clip, names, top_k=9, mean=mean, std=std)
+    images = sorted((data / "train" / "A").glob("*.png"))
+    tiles = torch.stack([_normalise(read_image(p), mean, std) for p in images])
+    np.testing.assert_array_equal(tagger.to_uint8(tiles), np.stack([read_image(p) for p in images]))
+    got = tagger(tiles, tiles.flip(0))
+    assert got["tags_a"] == [image_tags(p) for p in images]
+    assert got["tags_b"] == got["tags_a"][::-1]
+    assert len(set(got["tags_a"])) > 1  # the tiles are told apart
+    with pytest.raises(ConfigError, match="top_k"):
+        TileTagger(*clip, ["a", "b"], top_k=3)
+
+
+def test_predict_tags_every_tile_through_the_cli(data: Path, clip: Any, tmp_path: Path, monkeypatch: Any) -> None:
+    """`predict --tile-tags` gives ChangeCLIP each tile's own CLIP tags (the seed's mm_slide); without it, the
+    tags of the whole image come from the tag files."""
+    import changekit.models.changeclip  # noqa: F401
+    from changekit.cli import main
+    from changekit.config import resolve
+    from changekit.data.io import read_image, write_png
+    from changekit.data.tags import image_tags
+    from changekit.engine.checkpoint import save_checkpoint
+    from changekit.models import build_model
+    from changekit.models.changeclip.model import ChangeCLIP
+
+    weights = _register_tiny_clip(clip, tmp_path)
+    model_cfg = {"name": "changeclip_rn50", "channels": 64, "context_width": 32, "context_heads": 2,
+                 "context_layers": 1, "text": {"width": 32, "heads": 2, "layers": 1},
+                 "image": {"layers": [1, 1, 1, 1], "width": 8, "output_dim": 32, "heads": 2, "input_resolution": 64}}
+    torch.manual_seed(0)
+    model = build_model(**model_cfg)
+    ckpt = save_checkpoint(tmp_path / "model.ckpt", model, resolve({"model": model_cfg}))
+    # a 128x128 pair made of four 64x64 images: with 64-px tiles and no overlap, each tile is one image
+    tag_dataset(data / "train", *clip, read_class_names(), progress=False)
+    files = {d: sorted((data / "train" / d).glob("*.png"))[:4] for d in ("A", "B")}
+    for d, paths in files.items():
+        (tmp_path / "big" / d).mkdir(parents=True)
+        img = [read_image(p) for p in paths]
+        write_png(tmp_path / "big" / d / "scene.png", np.concatenate([np.concatenate(img[:2], 1), np.concatenate(img[2:], 1)], 0))
+    seen: list[Any] = []
+    forward = ChangeCLIP.forward
+    monkeypatch.setattr(ChangeCLIP, "forward", lambda self, a, b, **kw: seen.append(kw) or forward(self, a, b, **kw))
+    args = ["predict", "--ckpt", str(ckpt), "--a", str(tmp_path / "big" / "A"), "--b", str(tmp_path / "big" / "B"),
+            "--tile", "64", "--overlap", "0", "--batch-size", "4", "--device", "cpu"]
+    assert main([*args, "--out", str(tmp_path / "tiles"), "--tile-tags", "--clip-model", "changekit-tiny-clip",
+                 "--clip-weights", str(weights)]) == 0
+    assert (tmp_path / "tiles" / "scene.png").is_file()
+    assert len(seen) == 1 and seen[0]["tags_a"] == [image_tags(p) for p in files["A"]]
+    assert seen[0]["tags_b"] == [image_tags(p) for p in files["B"]]
+
+    seen.clear()  # without --tile-tags: the tag files beside the scene (one entry for the whole image)
+    (tmp_path / "big" / "A_clipcls_56_vit16.json").write_text(json.dumps([ranked_entry(
+        "A/scene.png", np.linspace(1, 0, 56, dtype=np.float32), read_class_names())]))
+    (tmp_path / "big" / "B_clipcls_56_vit16.json").write_text(
+        (tmp_path / "big" / "A_clipcls_56_vit16.json").read_text().replace("A/scene", "B/scene"))
+    assert main([*args, "--out", str(tmp_path / "file")]) == 0
+    assert seen[0]["tags_a"] == ["|".join(read_class_names()[:9])] * 4
+
+    fcd = build_model("fc_siam_diff")
+    save_checkpoint(tmp_path / "fc.ckpt", fcd, resolve({"model": {"name": "fc_siam_diff"}}))
+    args[2] = str(tmp_path / "fc.ckpt")
+    assert main([*args, "--out", str(tmp_path / "fc"), "--tile-tags"]) != 0
+    assert not (tmp_path / "fc").exists()

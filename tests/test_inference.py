@@ -246,6 +246,20 @@ def test_strip_processing_equals_in_memory_sliding_window(tmp_path: Any) -> None
     assert np.abs(prob - whole).max() > 1e-4  # tiling matters for this model, so the check above has teeth
 
 
+def test_predict_scene_calls_tile_extras_with_every_tile(tmp_path: Any) -> None:
+    """Per-tile forward inputs (ChangeCLIP's tags per tile) see each strip's tiles of both dates, in order."""
+    pa, pb, a, b = _write_pair(tmp_path, h=64, w=96)
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+    predict_scene(Pointwise(), pa, pb, tmp_path / "m.tif", tile=32, overlap=0, batch_size=2,
+                  tile_extras=lambda ta, tb: seen.append((ta, tb)) or {})
+    tiles_a = torch.cat([ta for ta, _ in seen])
+    tiles_b = torch.cat([tb for _, tb in seen])
+    assert tiles_a.shape == (6, 3, 32, 32) and len(seen) == 4  # two strips of three tiles, batches of two
+    for i, (y, x) in enumerate((y, x) for y in (0, 32) for x in (0, 32, 64)):
+        torch.testing.assert_close(tiles_a[i], _normalise(a[y:y + 32, x:x + 32]))
+        torch.testing.assert_close(tiles_b[i], _normalise(b[y:y + 32, x:x + 32]))
+
+
 def test_predict_scene_semantic_class_maps(tmp_path: Any) -> None:
     pa, pb, a, b = _write_pair(tmp_path, h=70, w=60)
     model = Pointwise(num_classes=5)

@@ -69,12 +69,18 @@ def predict(
     device: Annotated[Optional[str], typer.Option()] = None,
     amp: Annotated[bool, typer.Option("--amp", help="autocast: bfloat16 on CPU, float16 on CUDA (faster, "
                                                     "results differ in the last digits)")] = False,
+    tile_tags: Annotated[bool, typer.Option("--tile-tags", help="ChangeCLIP: tag every tile with CLIP instead of "
+                                                                "reading the tag files (the seed's mm_slide)")] = False,
+    clip_model: Annotated[str, typer.Option(help="--tile-tags: open_clip model name")] = "ViT-B-16",
+    clip_weights: Annotated[Optional[Path], typer.Option(help="--tile-tags: local CLIP weights")] = None,
+    clip_classes: Annotated[Optional[Path], typer.Option(help="--tile-tags: class names (default: the 56)")] = None,
 ) -> None:
     """Write 0/255 change masks (PNG, or GeoTIFF keeping the CRS) named by stem."""
     from .engine.predict import predict as _predict
 
     files = _predict(ckpt, a, b, out, tile=tile, overlap=overlap, batch_size=batch_size, threshold=threshold,
-                     save_prob=prob, save_overlay=overlay, device=device, amp=amp)
+                     save_prob=prob, save_overlay=overlay, device=device, amp=amp, tile_tags=tile_tags,
+                     clip_model=clip_model, clip_weights=clip_weights, clip_classes=clip_classes)
     typer.echo(f"wrote {len(files)} mask(s) to {out}")
 
 

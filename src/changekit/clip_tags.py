@@ -208,3 +208,53 @@ def tag_dataset(
         log.info("wrote %s (%d images)", target, len(entries))
         written.append(target)
     return written
+
+
+class TileTagger:
+    """CLIP tags for every tile of a sliding-window prediction (the seed's ``mm_slide`` test mode).
+
+    ChangeCLIP's prompts name each image's top-k CLIP classes. One set of tags for a whole scene (which CLIP sees
+    shrunk to 224 px) describes few of its tiles, so, like the seed's ``clip_func.py``, this tags every tile of
+    each date on its own. Tiles arrive normalised with the run's ``mean``/``std``; they are turned back into
+    8-bit RGB and go through CLIP's own preprocessing, so a tile gets the tags ``changekit clip-tag`` would give
+    the same pixels saved as an image. Pass an instance as ``tile_extras`` to
+    :func:`~changekit.inference.sliding.sliding_window_predict` or
+    :func:`~changekit.inference.scene.predict_scene`.
+    """
+
+    def __init__(self, model: nn.Module, preprocess: Callable[[Any], torch.Tensor],
+                 tokenizer: Callable[[list[str]], torch.Tensor], classes: Sequence[str], top_k: int = 9,
+                 mean: Sequence[float] = (0.485, 0.456, 0.406), std: Sequence[float] = (0.229, 0.224, 0.225),
+                 device: str | torch.device = "cpu") -> None:
+        if not 1 <= top_k <= len(classes):
+            raise ConfigError(f"top_k: must be between 1 and the {len(classes)} classes, got {top_k}")
+        self.model, self.preprocess, self.classes, self.top_k = model, preprocess, list(classes), int(top_k)
+        self.device = torch.device(device)
+        self.mean, self.std = list(mean), list(std)
+        with torch.inference_mode():
+            text = model.encode_text(tokenizer(self.classes).to(self.device))
+        self.text = text / text.norm(dim=-1, keepdim=True)
+
+    def __call__(self, a: torch.Tensor, b: torch.Tensor) -> dict[str, list[str]]:
+        """Forward keywords ``{"tags_a": [...], "tags_b": [...]}``, one tag string per tile of ``(B, C, t, t)``."""
+        return {"tags_a": self.tags(a), "tags_b": self.tags(b)}
+
+    def to_uint8(self, tiles: torch.Tensor) -> np.ndarray:
+        """Undo the run's normalisation: ``(B, C, t, t)`` -> ``(B, t, t, C)`` uint8."""
+        c = tiles.shape[1]
+        mean = torch.tensor((self.mean * c)[:c], device=tiles.device).view(1, -1, 1, 1)
+        std = torch.tensor((self.std * c)[:c], device=tiles.device).view(1, -1, 1, 1)
+        x = (tiles.float() * std + mean).mul_(255.0).round_().clamp_(0, 255)
+        return x.to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+    @torch.inference_mode()
+    def tags(self, tiles: torch.Tensor) -> list[str]:
+        """The ``top_k`` most probable class names of each tile, joined as the tag files are read."""
+        from .data.tags import TAG_SEPARATOR
+
+        images = torch.stack([self.preprocess(to_pil_rgb(t)) for t in self.to_uint8(tiles)]).to(self.device)
+        feats = self.model.encode_image(images)
+        feats = feats / feats.norm(dim=-1, keepdim=True)
+        probs = (self.model.logit_scale.exp() * feats @ self.text.t()).softmax(-1).float().cpu().numpy()
+        order = np.argsort(-probs, axis=1, kind="stable")[:, : self.top_k]  # ties keep class order, as ranked_entry
+        return [TAG_SEPARATOR.join(self.classes[i] for i in row) for row in order]

@@ -11,7 +11,7 @@ import torch
 
 from ..data.discover import pair_folders
 from ..data.io import atomic_dir, read_image, write_png
-from ..errors import DatasetNotFoundError, PairingError, SizeMismatchError
+from ..errors import ConfigError, DatasetNotFoundError, PairingError, SizeMismatchError
 from ..inference.scene import predict_scene
 from ..inference.sliding import sliding_window_predict
 from .checkpoint import load_checkpoint
@@ -55,7 +55,8 @@ def _normalise(img: np.ndarray, mean: list[float], std: list[float]) -> torch.Te
 def predict(
     ckpt: str | Path, a: str | Path, b: str | Path, out: str | Path, tile: int = 512, overlap: int = 64,
     batch_size: int = 4, threshold: float | None = None, save_prob: bool = False, save_overlay: bool = False,
-    device: str | None = None, amp: bool = False,
+    device: str | None = None, amp: bool = False, tile_tags: bool = False, clip_model: str = "ViT-B-16",
+    clip_weights: str | Path | None = None, clip_classes: str | Path | None = None,
 ) -> list[Path]:
     """Write a 0/255 change mask per pair into ``out`` (named by stem; GeoTIFF in, GeoTIFF out).
 
@@ -65,6 +66,10 @@ def predict(
     GeoTIFF inputs ``<stem>_sem_a.tif`` / ``<stem>_sem_b.tif`` with the scene's georeferencing and a colour table.
     ``amp`` runs the model under autocast (bfloat16 on CPU, float16 on CUDA); probabilities are accumulated in
     float32. The whole folder appears only when every pair is done.
+
+    Models that take CLIP tags (ChangeCLIP) read them from the tag files beside the inputs (``changekit
+    clip-tag``), or, with ``tile_tags``, tag every tile with CLIP (``clip_model`` with local ``clip_weights``,
+    ``clip_classes`` or the bundled 56 names; the seed's ``mm_slide`` mode): see :func:`tile_tagger`.
     """
     pairs = pair_inputs(a, b)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -73,12 +78,16 @@ def predict(
     mean, std = cfg["data"]["mean"], cfg["data"]["std"]
     palette = semantic_palette(cfg, int(getattr(model, "num_classes", 0))) \
         if getattr(model, "task", "binary") == "semantic" else None
+    takes_tags = "tags_a" in getattr(model, "extra_inputs", ())
+    if tile_tags and not takes_tags:
+        raise ConfigError(f"{ckpt}: tile_tags: the model ({cfg['model'].get('name')}) takes no CLIP tags")
+    tagger = tile_tagger(cfg, clip_model, clip_weights, clip_classes, dev) if tile_tags else None
     written: list[Path] = []
     out = Path(out)
     with atomic_dir(out) as tmp:
         for stem, fa, fb in pairs:
             extras = None
-            if "tags_a" in getattr(model, "extra_inputs", ()):  # ChangeCLIP: each date's CLIP tags
+            if takes_tags and tagger is None:  # ChangeCLIP: each date's CLIP tags from the tag files
                 from ..data.tags import pair_extras
 
                 t = cfg["data"].get("tags") or {}
@@ -88,7 +97,8 @@ def predict(
                 sem = {f"{k}_path": tmp / f"{stem}_{k}.tif" for k in ("sem_a", "sem_b")} if palette is not None else {}
                 predict_scene(model, fa, fb, tmp / f"{stem}.tif", tile=tile, overlap=overlap, batch_size=batch_size,
                               threshold=thr, write_prob=(tmp / f"{stem}_prob.tif") if save_prob else None,
-                              mean=mean, std=std, device=dev, extras=extras, palette=palette, amp=amp, **sem)
+                              mean=mean, std=std, device=dev, extras=extras, palette=palette, amp=amp,
+                              tile_extras=tagger, **sem)
                 written.append(out / f"{stem}.tif")
                 continue
             ia, ib = read_image(fa), read_image(fb)
@@ -97,7 +107,7 @@ def predict(
                                         f"({ib.shape[1]}x{ib.shape[0]}x{ib.shape[2]}) differ in size or bands")
             res: dict[str, Any] = sliding_window_predict(
                 model, _normalise(ia, mean, std), _normalise(ib, mean, std), tile=tile, overlap=overlap,
-                batch_size=batch_size, device=dev, extras=extras, amp=amp)
+                batch_size=batch_size, device=dev, extras=extras, amp=amp, tile_extras=tagger)
             prob = res["change"] if isinstance(res, dict) else res
             prob = prob.cpu().numpy() if torch.is_tensor(prob) else np.asarray(prob)
             mask = (prob > thr).astype(np.uint8) * 255
@@ -115,3 +125,14 @@ def predict(
             written.append(out / f"{stem}.png")
             log.info("predicted %s", stem)
     return written
+
+
+def tile_tagger(cfg: dict[str, Any], clip_model: str, clip_weights: str | Path | None,
+                clip_classes: str | Path | None, device: torch.device) -> Any:
+    """A :class:`~changekit.clip_tags.TileTagger` with the run's ``top_k`` and normalisation."""
+    from ..clip_tags import TileTagger, load_clip, read_class_names
+
+    model, preprocess, tokenizer = load_clip(clip_model, clip_weights, device)
+    top_k = int((cfg["data"].get("tags") or {}).get("top_k", 9))
+    return TileTagger(model, preprocess, tokenizer, read_class_names(clip_classes), top_k,
+                      cfg["data"]["mean"], cfg["data"]["std"], device)

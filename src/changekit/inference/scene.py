@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -188,6 +188,7 @@ def predict_scene(
     sem_b_path: str | Path | None = None,
     extras: dict[str, Any] | None = None,
     palette: np.ndarray | None = None,
+    tile_extras: Callable[[torch.Tensor, torch.Tensor], dict[str, Any]] | None = None,
 ) -> Path:
     """Predict the change mask of a (georeferenced) scene pair, strip by strip, and write it.
 
@@ -207,6 +208,8 @@ def predict_scene(
         extras: the model's extra forward inputs for this one pair (e.g. ChangeCLIP's tags), one entry each.
         sem_a_path, sem_b_path: semantic models only: optional class-index maps (uint8) of each date.
         palette: ``(K, 3)`` uint8 class colours for those maps (a GeoTIFF colour table or a palette PNG).
+        tile_extras: forward inputs computed per batch of tiles instead (e.g. a
+            :class:`~changekit.clip_tags.TileTagger`: ChangeCLIP's tags from each tile).
 
     Returns:
         ``out_path``.
@@ -242,7 +245,7 @@ def predict_scene(
             if p is not None:
                 outputs[key] = _Output(p, f"{key}_path", "uint8", src_a, stack, palette)
         with eval_mode(model), torch.inference_mode():
-            _run_strips(predictor, src_a, src_b, norm_a, norm_b, outputs, threshold, extras)
+            _run_strips(predictor, src_a, src_b, norm_a, norm_b, outputs, threshold, extras, tile_extras)
         for out in outputs.values():
             out.finish()
     log.info("wrote %s", out_path)
@@ -258,6 +261,7 @@ def _run_strips(
     outputs: dict[str, _Output],
     threshold: float,
     extras: dict[str, Any] | None = None,
+    tile_extras: Callable[[torch.Tensor, torch.Tensor], dict[str, Any]] | None = None,
 ) -> None:
     """Predict one row of tiles at a time, write the finished rows, carry the overlap rows onward."""
     grid = predictor.grid(src_a.height, src_a.width)
@@ -277,7 +281,7 @@ def _run_strips(
             wsum = torch.zeros(1, 1, *a.shape[-2:])
             acc[:, :, : carry[0].shape[2]] = carry[0]
             wsum[:, :, : carry[1].shape[2]] = carry[1]
-        acc, wsum = predictor.accumulate(a, b, positions, acc, wsum, extras=extras)
+        acc, wsum = predictor.accumulate(a, b, positions, acc, wsum, extras=extras, tile_extras=tile_extras)
         done = (grid.ys[r + 1] if r + 1 < len(grid.ys) else grid.padded_height) - y  # rows no later tile touches
         carry = (acc[:, :, done:].clone(), wsum[:, :, done:].clone())
         r0, r1 = max(y - grid.pad_top, 0), min(y + done - grid.pad_top, grid.height)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -193,6 +193,7 @@ class TilePredictor:
         acc: torch.Tensor | None = None,
         wsum: torch.Tensor | None = None,
         extras: dict[str, Any] | None = None,
+        tile_extras: Callable[[torch.Tensor, torch.Tensor], dict[str, Any]] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Add the weighted predictions of the tiles at ``positions`` to ``acc`` and their weights to ``wsum``.
 
@@ -202,6 +203,8 @@ class TilePredictor:
             acc: ``(N, 1 + 2K, H, W)`` float32 running sums, allocated on ``a``'s device when ``None``.
             wsum: ``(N, 1, H, W)`` float32 running weights, allocated likewise.
             extras: forward keywords; tensors and lists with one entry per image are indexed per tile.
+            tile_extras: called with each batch of tiles ``(ta, tb)``; returns more forward keywords for them
+                (e.g. :class:`~changekit.clip_tags.TileTagger`: CLIP tags per tile).
 
         Returns:
             The updated ``(acc, wsum)``.
@@ -216,6 +219,8 @@ class TilePredictor:
             ta = torch.stack([a[n, :, y : y + t, x : x + t] for n, y, x in chunk]).to(self.device)
             tb = torch.stack([b[n, :, y : y + t, x : x + t] for n, y, x in chunk]).to(self.device)
             kw = _select_extras(extras, [n for n, _, _ in chunk], n_img)
+            if tile_extras is not None:
+                kw.update(tile_extras(ta, tb))
             with autocast_for(self.device, self.amp):
                 out = self.model(ta, tb, **kw)
             probs = self._probabilities(out, t).to(a.device) * window
@@ -293,6 +298,7 @@ def sliding_window_predict(
     device: str | torch.device | None = None,
     amp: bool = False,
     extras: dict[str, Any] | None = None,
+    tile_extras: Callable[[torch.Tensor, torch.Tensor], dict[str, Any]] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Predict a pair of any size by blending overlapping tiles.
 
@@ -307,6 +313,7 @@ def sliding_window_predict(
         device: compute device (the model is moved there); ``None`` keeps the model's device.
         amp: autocast the forward pass.
         extras: forward keywords (e.g. ``tags_a``); per-image entries are indexed per tile.
+        tile_extras: forward keywords computed from each batch of tiles (see :meth:`TilePredictor.accumulate`).
 
     Returns:
         ``{"change": (H, W)}`` change probability, plus ``"sem_a"``/``"sem_b"`` class probabilities
@@ -329,7 +336,7 @@ def sliding_window_predict(
     positions = [(n, y, x) for n in range(a.shape[0]) for y in grid.ys for x in grid.xs]
     log.debug("sliding window: %d tiles of %d px, stride %d", len(positions), predictor.tile, predictor.stride)
     with eval_mode(model):
-        acc, wsum = predictor.accumulate(a_pad, b_pad, positions, extras=extras)
+        acc, wsum = predictor.accumulate(a_pad, b_pad, positions, extras=extras, tile_extras=tile_extras)
     top, left = grid.pad_top, grid.pad_left
     probs = (acc / wsum)[:, :, top : top + h, left : left + w].contiguous()  # a normal (not inference) tensor
     result = predictor.split(probs)
