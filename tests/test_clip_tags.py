@@ -287,9 +287,10 @@ def test_tile_tagger_gives_the_tags_clip_tag_writes(data: Path, clip: Any) -> No
         TileTagger(*clip, ["a", "b"], top_k=3)
 
 
-def test_predict_tags_every_tile_through_the_cli(data: Path, clip: Any, tmp_path: Path, monkeypatch: Any) -> None:
-    """`predict --tile-tags` gives ChangeCLIP each tile's own CLIP tags (the seed's mm_slide); without it, the
-    tags of the whole image come from the tag files."""
+def test_predict_and_test_tag_every_tile_through_the_cli(data: Path, clip: Any, tmp_path: Path,
+                                                         monkeypatch: Any) -> None:
+    """`predict --tile-tags` and `test --tile-tags` give ChangeCLIP each tile's own CLIP tags (the seed's
+    mm_slide); without it, the tags of the whole image come from the tag files."""
     import changekit.models.changeclip  # noqa: F401
     from changekit.cli import main
     from changekit.config import resolve
@@ -305,14 +306,16 @@ def test_predict_tags_every_tile_through_the_cli(data: Path, clip: Any, tmp_path
                  "image": {"layers": [1, 1, 1, 1], "width": 8, "output_dim": 32, "heads": 2, "input_resolution": 64}}
     torch.manual_seed(0)
     model = build_model(**model_cfg)
-    ckpt = save_checkpoint(tmp_path / "model.ckpt", model, resolve({"model": model_cfg}))
+    ckpt = save_checkpoint(tmp_path / "model.ckpt", model, resolve({"model": model_cfg, "trainer": {
+        "eval_mode": "whole", "eval_tile": 64, "eval_stride": 64}}))
     # a 128x128 pair made of four 64x64 images: with 64-px tiles and no overlap, each tile is one image
     tag_dataset(data / "train", *clip, read_class_names(), progress=False)
-    files = {d: sorted((data / "train" / d).glob("*.png"))[:4] for d in ("A", "B")}
+    files = {d: sorted((data / "train" / d).glob("*.png"))[:4] for d in ("A", "B", "label")}
     for d, paths in files.items():
         (tmp_path / "big" / d).mkdir(parents=True)
         img = [read_image(p) for p in paths]
-        write_png(tmp_path / "big" / d / "scene.png", np.concatenate([np.concatenate(img[:2], 1), np.concatenate(img[2:], 1)], 0))
+        rows = [np.concatenate(img[:2], 1), np.concatenate(img[2:], 1)]
+        write_png(tmp_path / "big" / d / "scene.png", np.concatenate(rows, 0))
     seen: list[Any] = []
     forward = ChangeCLIP.forward
     monkeypatch.setattr(ChangeCLIP, "forward", lambda self, a, b, **kw: seen.append(kw) or forward(self, a, b, **kw))
@@ -321,6 +324,14 @@ def test_predict_tags_every_tile_through_the_cli(data: Path, clip: Any, tmp_path
     assert main([*args, "--out", str(tmp_path / "tiles"), "--tile-tags", "--clip-model", "changekit-tiny-clip",
                  "--clip-weights", str(weights)]) == 0
     assert (tmp_path / "tiles" / "scene.png").is_file()
+    assert len(seen) == 1 and seen[0]["tags_a"] == [image_tags(p) for p in files["A"]]
+    assert seen[0]["tags_b"] == [image_tags(p) for p in files["B"]]
+
+    seen.clear()  # test --tile-tags: the sliding window of trainer.eval_tile/eval_stride, no tag files needed
+    assert main(["test", "--ckpt", str(ckpt), "--data", str(tmp_path / "big"), "--out", str(tmp_path / "eval"),
+                 "--no-report", "--tile-tags", "--clip-model", "changekit-tiny-clip", "--clip-weights",
+                 str(weights)]) == 0
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["num_pairs"] == 1
     assert len(seen) == 1 and seen[0]["tags_a"] == [image_tags(p) for p in files["A"]]
     assert seen[0]["tags_b"] == [image_tags(p) for p in files["B"]]
 

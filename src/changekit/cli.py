@@ -24,6 +24,12 @@ data_app = typer.Typer(no_args_is_help=True, help="Data tools: check, tile, merg
 app.add_typer(data_app, name="data")
 
 Out = Annotated[Path, typer.Option("--out", "-o", help="output folder or file")]
+# ChangeCLIP's tags per tile (the seed's mm_slide), shared by predict and test
+TileTags = Annotated[bool, typer.Option("--tile-tags", help="ChangeCLIP: tag every tile with CLIP instead of "
+                                                            "reading the tag files (the seed's mm_slide)")]
+ClipModel = Annotated[str, typer.Option(help="--tile-tags: open_clip model name")]
+ClipWeights = Annotated[Optional[Path], typer.Option(help="--tile-tags: local CLIP weights file")]
+ClipClasses = Annotated[Optional[Path], typer.Option(help="--tile-tags: class-name file (default: the 56)")]
 
 
 @app.command()
@@ -47,11 +53,14 @@ def test(
     data: Annotated[Optional[Path], typer.Option(help="labelled folder or list file (default: config's test)")] = None,
     batch_size: Annotated[Optional[int], typer.Option()] = None,
     no_report: Annotated[bool, typer.Option("--no-report")] = False,
+    tile_tags: TileTags = False, clip_model: ClipModel = "ViT-B-16", clip_weights: ClipWeights = None,
+    clip_classes: ClipClasses = None,
 ) -> None:
     """Evaluate a checkpoint: OUT/metrics.json and OUT/report.html."""
     from .engine.evaluate import test as _test
 
-    res = _test(ckpt, out, data=data, batch_size=batch_size, report=not no_report)
+    res = _test(ckpt, out, data=data, batch_size=batch_size, report=not no_report, tile_tags=tile_tags,
+                clip_model=clip_model, clip_weights=clip_weights, clip_classes=clip_classes)
     typer.echo(" ".join(f"{k}={res[k]:.4f}" for k in ("f1", "iou", "precision", "recall", "oa", "kappa")))
     typer.echo(f"metrics: {out / 'metrics.json'}")
 
@@ -69,11 +78,8 @@ def predict(
     device: Annotated[Optional[str], typer.Option()] = None,
     amp: Annotated[bool, typer.Option("--amp", help="autocast: bfloat16 on CPU, float16 on CUDA (faster, "
                                                     "results differ in the last digits)")] = False,
-    tile_tags: Annotated[bool, typer.Option("--tile-tags", help="ChangeCLIP: tag every tile with CLIP instead of "
-                                                                "reading the tag files (the seed's mm_slide)")] = False,
-    clip_model: Annotated[str, typer.Option(help="--tile-tags: open_clip model name")] = "ViT-B-16",
-    clip_weights: Annotated[Optional[Path], typer.Option(help="--tile-tags: local CLIP weights")] = None,
-    clip_classes: Annotated[Optional[Path], typer.Option(help="--tile-tags: class names (default: the 56)")] = None,
+    tile_tags: TileTags = False, clip_model: ClipModel = "ViT-B-16", clip_weights: ClipWeights = None,
+    clip_classes: ClipClasses = None,
 ) -> None:
     """Write 0/255 change masks (PNG, or GeoTIFF keeping the CRS) named by stem."""
     from .engine.predict import predict as _predict

@@ -235,6 +235,15 @@ class TileTagger:
             text = model.encode_text(tokenizer(self.classes).to(self.device))
         self.text = text / text.norm(dim=-1, keepdim=True)
 
+    @classmethod
+    def for_run(cls, cfg: dict[str, Any], clip_model: str = "ViT-B-16", clip_weights: str | Path | None = None,
+                clip_classes: str | Path | None = None, device: str | torch.device = "cpu") -> TileTagger:
+        """A tagger with a run's ``data.tags.top_k`` and normalisation (``data.mean`` / ``data.std``)."""
+        model, preprocess, tokenizer = load_clip(clip_model, clip_weights, device)
+        top_k = int((cfg["data"].get("tags") or {}).get("top_k", 9))
+        return cls(model, preprocess, tokenizer, read_class_names(clip_classes), top_k, cfg["data"]["mean"],
+                   cfg["data"]["std"], device)
+
     def __call__(self, a: torch.Tensor, b: torch.Tensor) -> dict[str, list[str]]:
         """Forward keywords ``{"tags_a": [...], "tags_b": [...]}``, one tag string per tile of ``(B, C, t, t)``."""
         return {"tags_a": self.tags(a), "tags_b": self.tags(b)}

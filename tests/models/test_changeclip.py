@@ -271,7 +271,12 @@ def test_configs_follow_the_released_recipe(stem: str, monkeypatch: Any) -> None
     assert cfg["optim"]["no_decay_keys"] == ["absolute_pos_embed", "relative_position_bias_table", "norm"]
     sched = cfg["schedule"]
     assert (sched["name"], sched["power"], sched["warmup"], sched["warmup_factor"]) == ("poly", 1.0, 1500, 1e-6)
-    assert {"name": "random_crop", "size": 256} in cfg["data"]["augment"] and cfg["loss"] == [{"name": "ce"}]
+    assert {"name": "random_crop", "size": 256, "cat_max_ratio": 0.75} in cfg["data"]["augment"]
+    assert {"name": "photometric_mmseg", "brightness": 10, "contrast": [0.8, 1.2], "saturation": [0.8, 1.2],
+            "hue": 10, "per_date": True} in cfg["data"]["augment"] and cfg["loss"] == [{"name": "ce"}]
+    from changekit.data.transforms import build_transforms
+
+    assert build_transforms(cfg["data"]["augment"]) is not None  # the ops and their parameters exist
     assert cfg["data"]["tags"]["enabled"] is True and cfg["data"]["tags"]["allow_missing"] is False
     kwargs = {k: v for k, v in cfg["model"].items() if k not in ("name", "clip_weights")}
     with torch.device("meta"):

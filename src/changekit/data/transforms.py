@@ -18,10 +18,11 @@ Ops (``p`` is the probability; image fill ``fill`` defaults to 0, ``mask_fill`` 
 * ``rotate`` (``limit`` degrees or [lo, hi], ``interpolation``, ``expand``: rotate inside the frame shrunk to
   fit, i.e. ClearSCD's ``rotate(expand=True)`` + resize back, done in one warp by ``A.SafeRotate``);
 * ``random_crop``, ``center_crop`` (``size``; pad with the fills when the image is smaller), ``resize``;
+  ``random_crop`` also takes mmseg's ``cat_max_ratio`` (:class:`~changekit.data.mmseg_ops.CatMaxRatioCrop`);
 * image-only, labels untouched, drawn separately per date when ``per_date`` (default true): ``photometric``
   (brightness, contrast, saturation, hue as in torchvision's ColorJitter), ``color_jitter`` (same, ClearSCD's
   defaults), ``brightness_contrast`` (any band count), ``gaussian_noise`` (``std`` as a fraction of 255),
-  ``blur`` (``sigma``);
+  ``blur`` (``sigma``), ``photometric_mmseg`` (mmseg's PhotoMetricDistortion, exactly; 8-bit RGB);
 * ``swap_dates``: exchange the dates (every ``*_a``/``*_b`` key pair); the change mask stays.
 
 Seeding: albumentations 2 ignores ``np.random.seed``/``random.seed`` (each Compose owns its generators), and a
@@ -53,6 +54,7 @@ import cv2
 import numpy as np
 
 from ..errors import ConfigError, SizeMismatchError, suggest
+from .mmseg_ops import CatMaxRatioCrop, PhotoMetricDistortion
 
 log = logging.getLogger(__name__)
 
@@ -258,8 +260,9 @@ def _rotate(w: str, a: dict[str, Any]) -> A.BasicTransform:
 def _crop(cls: type) -> Callable[[str, dict[str, Any]], A.BasicTransform]:
     def build(w: str, a: dict[str, Any]) -> A.BasicTransform:
         h, wd = _size(w, a["size"])
+        extra = {"cat_max_ratio": a["cat_max_ratio"], "ignore_index": a["mask_fill"]} if "cat_max_ratio" in a else {}
         return cls(height=h, width=wd, pad_if_needed=True, border_mode=cv2.BORDER_CONSTANT, fill=a["fill"],
-                   fill_mask=0, p=a["p"])
+                   fill_mask=0, p=a["p"], **extra)
     return build
 
 
@@ -294,7 +297,7 @@ _OPS: dict[str, tuple[dict[str, Any], Callable[[str, dict[str, Any]], Any], bool
     "vflip": ({"p": 0.5}, lambda w, a: A.VerticalFlip(p=a["p"]), False, False),
     "rot90": ({"p": 0.5, "factors": [1, 2, 3]}, _rot90, False, False),
     "rotate": ({"p": 0.5, "limit": 30, "expand": False, "interpolation": "bilinear", **_FILL}, _rotate, True, False),
-    "random_crop": ({"p": 1.0, "size": None, **_FILL}, _crop(A.RandomCrop), True, False),
+    "random_crop": ({"p": 1.0, "size": None, "cat_max_ratio": 1.0, **_FILL}, _crop(CatMaxRatioCrop), True, False),
     "center_crop": ({"p": 1.0, "size": None, **_FILL}, _crop(A.CenterCrop), True, False),
     "resize": ({"p": 1.0, "size": None, "interpolation": "bilinear"}, _resize, False, False),
     "photometric": (dict(_PHOTO), _jitter, False, True),
@@ -308,6 +311,10 @@ _OPS: dict[str, tuple[dict[str, Any], Callable[[str, dict[str, Any]], Any], bool
                        lambda w, a: A.GaussNoise(std_range=tuple(a["std"]), p=a["p"]), False, True),
     "blur": ({"p": 0.5, "sigma": [0.5, 1.5], "per_date": True},
              lambda w, a: A.GaussianBlur(sigma_limit=tuple(a["sigma"]), p=a["p"]), False, True),
+    "photometric_mmseg": ({"p": 1.0, "brightness": 32, "contrast": [0.5, 1.5], "saturation": [0.5, 1.5], "hue": 18,
+                           "per_date": True}, lambda w, a: PhotoMetricDistortion(
+                               a["brightness"], tuple(a["contrast"]), tuple(a["saturation"]), a["hue"], p=a["p"]),
+                          False, True),
     "swap_dates": ({"p": 0.5}, lambda w, a: _SwapDates(a["p"]), False, False),
 }
 

@@ -12,6 +12,7 @@ from typing import Any
 import lightning as L
 
 import numpy as np
+import torch
 
 from ..data.io import atomic_path
 from ..errors import ConfigError
@@ -65,9 +66,14 @@ def _semantic_report_args(cfg: dict[str, Any], task: _TestTask) -> dict[str, Any
 def test(
     ckpt: str | Path, out: str | Path, data: str | Path | None = None, root: str | Path | None = None,
     batch_size: int | None = None, num_workers: int | None = None, report: bool = True, samples: int = 8,
-    accelerator: str = "auto",
+    accelerator: str = "auto", tile_tags: bool = False, clip_model: str = "ViT-B-16",
+    clip_weights: str | Path | None = None, clip_classes: str | Path | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``ckpt`` on ``data`` (or the test split of its config).
+
+    ``tile_tags`` (ChangeCLIP; the seed's ``mm_slide`` test mode): evaluate with the sliding window of
+    ``trainer.eval_tile`` / ``eval_stride`` and tag every window with CLIP (``clip_model``, ``clip_weights``,
+    ``clip_classes``; see :class:`~changekit.clip_tags.TileTagger`) instead of reading the tag files.
 
     Returns:
         The metrics written to ``out/metrics.json``: ``precision, recall, f1, iou, oa, kappa`` of the change
@@ -86,8 +92,18 @@ def test(
         cfg["data"]["num_workers"] = num_workers
     cfg["trainer"]["ema"]["enabled"] = False  # the checkpoint already holds the evaluated (EMA) weights
     cfg["model"] = {**cfg["model"], **{k: None for k in cfg["model"] if k.endswith("weights")}}
+    if tile_tags:
+        if "tags_a" not in getattr(model, "extra_inputs", ()):
+            raise ConfigError(f"{ckpt}: tile_tags: the model ({cfg['model']['name']}) takes no CLIP tags")
+        cfg["trainer"]["eval_mode"] = "slide"
+        cfg["data"]["tags"] = {**(cfg["data"].get("tags") or {}), "enabled": False}  # no tag files needed
     task = _TestTask(cfg)
     task.model.load_state_dict(model.state_dict())
+    if tile_tags:
+        from ..clip_tags import TileTagger
+
+        device = "cuda" if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available() else "cpu"
+        task.tile_extras = TileTagger.for_run(cfg, clip_model, clip_weights, clip_classes, device)
     task.max_samples = samples if report else 0
     dm = ChangeDataModule(cfg["data"], seed=int(cfg["trainer"]["seed"]),
                           extra_inputs=tuple(getattr(task.model, "extra_inputs", ())))

@@ -69,7 +69,8 @@ def predict(
 
     Models that take CLIP tags (ChangeCLIP) read them from the tag files beside the inputs (``changekit
     clip-tag``), or, with ``tile_tags``, tag every tile with CLIP (``clip_model`` with local ``clip_weights``,
-    ``clip_classes`` or the bundled 56 names; the seed's ``mm_slide`` mode): see :func:`tile_tagger`.
+    ``clip_classes`` or the bundled 56 names; the seed's ``mm_slide`` mode): see
+    :class:`~changekit.clip_tags.TileTagger`.
     """
     pairs = pair_inputs(a, b)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -81,7 +82,12 @@ def predict(
     takes_tags = "tags_a" in getattr(model, "extra_inputs", ())
     if tile_tags and not takes_tags:
         raise ConfigError(f"{ckpt}: tile_tags: the model ({cfg['model'].get('name')}) takes no CLIP tags")
-    tagger = tile_tagger(cfg, clip_model, clip_weights, clip_classes, dev) if tile_tags else None
+    if tile_tags:
+        from ..clip_tags import TileTagger
+
+        tagger = TileTagger.for_run(cfg, clip_model, clip_weights, clip_classes, dev)
+    else:
+        tagger = None
     written: list[Path] = []
     out = Path(out)
     with atomic_dir(out) as tmp:
@@ -126,13 +132,3 @@ def predict(
             log.info("predicted %s", stem)
     return written
 
-
-def tile_tagger(cfg: dict[str, Any], clip_model: str, clip_weights: str | Path | None,
-                clip_classes: str | Path | None, device: torch.device) -> Any:
-    """A :class:`~changekit.clip_tags.TileTagger` with the run's ``top_k`` and normalisation."""
-    from ..clip_tags import TileTagger, load_clip, read_class_names
-
-    model, preprocess, tokenizer = load_clip(clip_model, clip_weights, device)
-    top_k = int((cfg["data"].get("tags") or {}).get("top_k", 9))
-    return TileTagger(model, preprocess, tokenizer, read_class_names(clip_classes), top_k,
-                      cfg["data"]["mean"], cfg["data"]["std"], device)

@@ -8,6 +8,7 @@ the resolved config (``hyper_parameters["config"]``), so a model is rebuilt by n
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import lightning as L
@@ -57,6 +58,8 @@ class ChangeTask(L.LightningModule):
         self.test_results: dict[str, Any] = {}
         self.samples: list[dict[str, Any]] = []
         self.max_samples = 0
+        #: sliding-window evaluation: forward inputs computed per batch of tiles (``test --tile-tags``)
+        self.tile_extras: Callable[[torch.Tensor, torch.Tensor], dict[str, Any]] | None = None
 
     # ---------------------------------------------------------------- forward
     @property
@@ -113,7 +116,8 @@ class ChangeTask(L.LightningModule):
 
         t = self.config["trainer"]
         res = sliding_window_predict(net, a, b, tile=int(t["eval_tile"]), overlap=None, stride=int(t["eval_stride"]),
-                                     batch_size=max(1, a.shape[0]) * 4, blend=t["eval_blend"], extras=extras or None)
+                                     batch_size=max(1, a.shape[0]) * 4, blend=t["eval_blend"], extras=extras or None,
+                                     tile_extras=self.tile_extras)
         p = res["change"].clamp(1e-6, 1 - 1e-6)
         change = torch.stack([torch.log1p(-p), torch.log(p)], 1)
 
