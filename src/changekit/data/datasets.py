@@ -24,15 +24,14 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import ConfigError, LabelValueError, SizeMismatchError
-from .check import (
+from .check import require_semantic, validate_pairs
+from .labels import (
     HIUCD_SEM_IGNORE,
     binary_lut,
     check_binary_values,
     derive_change,
     encoding_from_counts,
     read_raw_labels,
-    require_semantic,
-    validate_pairs,
 )
 from .discover import PairRecord, discover
 from .io import read_image

@@ -1,0 +1,154 @@
+"""The op table behind ``data.augment``: each op's name, defaults and builder (see :mod:`.transforms`).
+
+Every builder turns a validated parameter dict into an albumentations transform, or into :class:`_SwapDates`,
+which :mod:`.transforms` applies itself. Adding an op means adding one entry to ``_OPS``.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import albumentations as A
+import cv2
+import numpy as np
+
+from ..errors import ConfigError, suggest
+from .mmseg_ops import CatMaxRatioCrop, PhotoMetricDistortion
+
+Sample = dict[str, Any]  # a sample dict of numpy arrays (see :mod:`.transforms`)
+_INTERP = {"nearest": cv2.INTER_NEAREST, "bilinear": cv2.INTER_LINEAR, "bicubic": cv2.INTER_CUBIC,
+           "area": cv2.INTER_AREA}
+_CV_ROT = {1: cv2.ROTATE_90_COUNTERCLOCKWISE, 2: cv2.ROTATE_180, 3: cv2.ROTATE_90_CLOCKWISE}
+_CV_DTYPES = tuple(np.dtype(t) for t in (np.uint8, np.uint16, np.int16, np.float32, np.float64))
+
+
+class _Rot90(A.RandomRotate90):
+    """RandomRotate90 restricted to chosen quarter turns (ClearSCD rotates by 90/180/270, never 0)."""
+
+    factors: tuple[int, ...] = (1, 2, 3)
+
+    def get_params(self) -> dict[str, int]:
+        return {"factor": self.py_random.choice(self.factors)}
+
+    def apply(self, img: np.ndarray, factor: int, **params: Any) -> np.ndarray:
+        # cv2.rotate returns a contiguous array ~10x faster than copying albumentations' np.rot90 view.
+        if factor == 0 or (img.ndim == 3 and img.shape[2] > 4) or img.dtype not in _CV_DTYPES:
+            return super().apply(img, factor, **params)
+        out = cv2.rotate(img, _CV_ROT[factor])
+        return out[..., None] if img.ndim == 3 and out.ndim == 2 else out
+
+
+class _SwapDates:
+    """Swap the two dates: every ``X_a``/``X_b`` key pair (images, semantic maps, tags); the change mask stays."""
+
+    def __init__(self, p: float) -> None:
+        self.p = p
+
+    def __call__(self, data: Sample, gen: np.random.Generator, py: random.Random) -> None:
+        if py.random() >= self.p:
+            return
+        for key in [k for k in data if k.endswith("_a")]:
+            other = key[:-2] + "_b"
+            if other in data:
+                data[key], data[other] = data[other], data[key]
+
+
+# ----------------------------------------------------------------------------------------------- builders
+
+def _size(where: str, value: Any) -> tuple[int, int]:
+    vals = [value, value] if isinstance(value, (int, np.integer)) else value
+    if (not isinstance(vals, Sequence) or len(vals) != 2
+            or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0 for v in vals)):
+        raise ConfigError(f"{where}: 'size' must be a positive integer or [height, width], got {value!r}")
+    return int(vals[0]), int(vals[1])
+
+
+def _interp(where: str, value: Any) -> int:
+    if not isinstance(value, str) or value not in _INTERP:
+        raise ConfigError(f"{where}: interpolation {value!r} unknown{suggest(str(value), _INTERP)}; "
+                          f"use one of {sorted(_INTERP)}")
+    return _INTERP[value]
+
+
+def _sym(value: Any) -> Any:
+    """A number means the symmetric range [-v, v]; a pair passes through (as albumentations expects)."""
+    return tuple(value) if isinstance(value, (list, tuple)) else value
+
+
+def _rot90(w: str, a: dict[str, Any]) -> A.BasicTransform:
+    factors = tuple(a["factors"])
+    if not factors or any(f not in (0, 1, 2, 3) for f in factors):
+        raise ConfigError(f"{w}: 'factors' must be quarter turns from [0, 1, 2, 3], got {a['factors']!r}")
+    op = _Rot90(p=a["p"])
+    op.factors = factors
+    return op
+
+
+def _rotate(w: str, a: dict[str, Any]) -> A.BasicTransform:
+    cls = A.SafeRotate if a["expand"] else A.Rotate
+    return cls(limit=_sym(a["limit"]), interpolation=_interp(w, a["interpolation"]), border_mode=cv2.BORDER_CONSTANT,
+               fill=a["fill"], fill_mask=0, mask_interpolation=cv2.INTER_NEAREST, p=a["p"])
+
+
+def _crop(cls: type) -> Callable[[str, dict[str, Any]], A.BasicTransform]:
+    def build(w: str, a: dict[str, Any]) -> A.BasicTransform:
+        h, wd = _size(w, a["size"])
+        extra = {"cat_max_ratio": a["cat_max_ratio"], "ignore_index": a["mask_fill"]} if "cat_max_ratio" in a else {}
+        return cls(height=h, width=wd, pad_if_needed=True, border_mode=cv2.BORDER_CONSTANT, fill=a["fill"],
+                   fill_mask=0, p=a["p"], **extra)
+    return build
+
+
+def _resize(w: str, a: dict[str, Any]) -> A.BasicTransform:
+    h, wd = _size(w, a["size"])
+    return A.Resize(height=h, width=wd, interpolation=_interp(w, a["interpolation"]),
+                    mask_interpolation=cv2.INTER_NEAREST, p=a["p"])
+
+
+def _jitter(w: str, a: dict[str, Any]) -> A.BasicTransform:
+    b, c, s = (max(0.0, 1 - a[k]) for k in ("brightness", "contrast", "saturation"))
+    return _ChannelCheckedJitter(brightness=(b, 1 + a["brightness"]), contrast=(c, 1 + a["contrast"]),
+                                 saturation=(s, 1 + a["saturation"]), hue=(-a["hue"], a["hue"]), p=a["p"])
+
+
+class _ChannelCheckedJitter(A.ColorJitter):
+    """ColorJitter with a config-level error for multispectral input (it handles 1 or 3 bands only)."""
+
+    def apply(self, img: np.ndarray, *args: Any, **params: Any) -> np.ndarray:
+        if img.ndim == 3 and img.shape[2] not in (1, 3):
+            raise ConfigError(f"transform 'photometric' needs 1- or 3-band images, got {img.shape[2]} bands; "
+                              "use 'brightness_contrast' for multispectral data")
+        return super().apply(img, *args, **params)
+
+
+_FILL = {"mask_fill": 255, "sem_fill": None, "fill": 0}
+_PHOTO = {"p": 0.5, "brightness": 0.2, "contrast": 0.2, "saturation": 0.2, "hue": 0.05, "per_date": True}
+
+# name -> (defaults (None: from build_transforms), builder, fills labels, image-only)
+_OPS: dict[str, tuple[dict[str, Any], Callable[[str, dict[str, Any]], Any], bool, bool]] = {
+    "hflip": ({"p": 0.5}, lambda w, a: A.HorizontalFlip(p=a["p"]), False, False),
+    "vflip": ({"p": 0.5}, lambda w, a: A.VerticalFlip(p=a["p"]), False, False),
+    "rot90": ({"p": 0.5, "factors": [1, 2, 3]}, _rot90, False, False),
+    "rotate": ({"p": 0.5, "limit": 30, "expand": False, "interpolation": "bilinear", **_FILL}, _rotate, True, False),
+    "random_crop": ({"p": 1.0, "size": None, "cat_max_ratio": 1.0, **_FILL}, _crop(CatMaxRatioCrop), True, False),
+    "center_crop": ({"p": 1.0, "size": None, **_FILL}, _crop(A.CenterCrop), True, False),
+    "resize": ({"p": 1.0, "size": None, "interpolation": "bilinear"}, _resize, False, False),
+    "photometric": (dict(_PHOTO), _jitter, False, True),
+    # ClearSCD's optional ColorJitter(0.2, 0.4, 0.4, 0.1).
+    "color_jitter": ({**_PHOTO, "contrast": 0.4, "saturation": 0.4, "hue": 0.1}, _jitter, False, True),
+    "brightness_contrast": ({"p": 0.5, "brightness": 0.2, "contrast": 0.2, "per_date": True},
+                            lambda w, a: A.RandomBrightnessContrast(brightness_limit=_sym(a["brightness"]),
+                                                                    contrast_limit=_sym(a["contrast"]), p=a["p"]),
+                            False, True),
+    "gaussian_noise": ({"p": 0.5, "std": [0.01, 0.05], "per_date": True},
+                       lambda w, a: A.GaussNoise(std_range=tuple(a["std"]), p=a["p"]), False, True),
+    "blur": ({"p": 0.5, "sigma": [0.5, 1.5], "per_date": True},
+             lambda w, a: A.GaussianBlur(sigma_limit=tuple(a["sigma"]), p=a["p"]), False, True),
+    "photometric_mmseg": ({"p": 1.0, "brightness": 32, "contrast": [0.5, 1.5], "saturation": [0.5, 1.5], "hue": 18,
+                           "per_date": True}, lambda w, a: PhotoMetricDistortion(
+                               a["brightness"], tuple(a["contrast"]), tuple(a["saturation"]), a["hue"], p=a["p"]),
+                          False, True),
+    "swap_dates": ({"p": 0.5}, lambda w, a: _SwapDates(a["p"]), False, False),
+}
