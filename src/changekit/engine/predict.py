@@ -80,14 +80,13 @@ def predict(
     palette = semantic_palette(cfg, int(getattr(model, "num_classes", 0))) \
         if getattr(model, "task", "binary") == "semantic" else None
     takes_tags = "tags_a" in getattr(model, "extra_inputs", ())
-    if tile_tags and not takes_tags:
-        raise ConfigError(f"{ckpt}: tile_tags: the model ({cfg['model'].get('name')}) takes no CLIP tags")
+    tagger: Any = None
     if tile_tags:
+        if not takes_tags:
+            raise ConfigError(f"{ckpt}: tile_tags: the model ({cfg['model'].get('name')}) takes no CLIP tags")
         from ..clip_tags import TileTagger
 
         tagger = TileTagger.for_run(cfg, clip_model, clip_weights, clip_classes, dev)
-    else:
-        tagger = None
     written: list[Path] = []
     out = Path(out)
     with atomic_dir(out) as tmp:
@@ -131,4 +130,3 @@ def predict(
             written.append(out / f"{stem}.png")
             log.info("predicted %s", stem)
     return written
-
