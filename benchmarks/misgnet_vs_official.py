@@ -46,7 +46,8 @@ def load_official(root: Path) -> torch.nn.Module:
 
     init = bn5.MutualModule0.__init__
 
-    def patched_init(self: Any, dim: int, BatchNorm: Any = torch.nn.BatchNorm2d, dropout: float = 0.1) -> None:  # noqa: N803
+    def patched_init(self: Any, dim: int, BatchNorm: Any = torch.nn.BatchNorm2d,  # noqa: N803
+                     dropout: float = 0.1) -> None:
         init(self, dim, BatchNorm)
 
     bn5.MutualModule0.__init__ = patched_init

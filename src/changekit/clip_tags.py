@@ -138,20 +138,28 @@ def class_probabilities(
 ) -> np.ndarray:
     """Softmax over ``classes`` of ``logit_scale * cos(image, class name)`` per image: ``(len(paths), K)``."""
     dev = torch.device(device)
-    text = model.encode_text(tokenizer(list(classes)).to(dev))
-    text = text / text.norm(dim=-1, keepdim=True)
-    scale = model.logit_scale.exp()
+    text = text_features(model, tokenizer, classes, dev)
     loader = torch.utils.data.DataLoader(_Images(paths, preprocess), batch_size=batch_size, num_workers=num_workers)
     if progress:
         from tqdm import tqdm
 
         loader = tqdm(loader, desc=desc, unit="batch")  # type: ignore[assignment]
-    out = []
-    for images in loader:
-        feats = model.encode_image(images.to(dev))
-        feats = feats / feats.norm(dim=-1, keepdim=True)
-        out.append((scale * feats @ text.t()).softmax(-1).float().cpu())
+    out = [image_probabilities(model, images.to(dev), text) for images in loader]
     return torch.cat(out).numpy() if out else np.zeros((0, len(classes)), np.float32)
+
+
+def text_features(model: nn.Module, tokenizer: Callable[[list[str]], torch.Tensor], classes: Sequence[str],
+                  device: torch.device) -> torch.Tensor:
+    """Unit-length CLIP embeddings of the class names, ``(K, D)`` (the raw names: the seed uses no template)."""
+    text = model.encode_text(tokenizer(list(classes)).to(device))
+    return text / text.norm(dim=-1, keepdim=True)
+
+
+def image_probabilities(model: nn.Module, images: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    """Softmax over the classes of ``logit_scale * cos(image, class)``: ``(B, K)`` float32 on the CPU."""
+    feats = model.encode_image(images)
+    feats = feats / feats.norm(dim=-1, keepdim=True)
+    return (model.logit_scale.exp() * feats @ text.t()).softmax(-1).float().cpu()
 
 
 def ranked_entry(image_path: str, probs: np.ndarray, classes: Sequence[str]) -> dict[str, str]:
@@ -232,13 +240,20 @@ class TileTagger:
         self.device = torch.device(device)
         self.mean, self.std = list(mean), list(std)
         with torch.inference_mode():
-            text = model.encode_text(tokenizer(self.classes).to(self.device))
-        self.text = text / text.norm(dim=-1, keepdim=True)
+            self.text = text_features(model, tokenizer, self.classes, self.device)
 
     @classmethod
-    def for_run(cls, cfg: dict[str, Any], clip_model: str = "ViT-B-16", clip_weights: str | Path | None = None,
-                clip_classes: str | Path | None = None, device: str | torch.device = "cpu") -> TileTagger:
-        """A tagger with a run's ``data.tags.top_k`` and normalisation (``data.mean`` / ``data.std``)."""
+    def for_run(cls, cfg: dict[str, Any], change_model: nn.Module, source: str | Path, clip_model: str = "ViT-B-16",
+                clip_weights: str | Path | None = None, clip_classes: str | Path | None = None,
+                device: str | torch.device = "cpu") -> TileTagger:
+        """A tagger for the run ``cfg`` of ``change_model`` (from checkpoint ``source``): its ``data.tags.top_k``
+        and normalisation (``data.mean`` / ``data.std``).
+
+        Raises:
+            ConfigError: the model takes no CLIP tags.
+        """
+        if "tags_a" not in getattr(change_model, "extra_inputs", ()):
+            raise ConfigError(f"{source}: tile_tags: the model ({cfg['model'].get('name')}) takes no CLIP tags")
         model, preprocess, tokenizer = load_clip(clip_model, clip_weights, device)
         top_k = int((cfg["data"].get("tags") or {}).get("top_k", 9))
         return cls(model, preprocess, tokenizer, read_class_names(clip_classes), top_k, cfg["data"]["mean"],
@@ -262,8 +277,6 @@ class TileTagger:
         from .data.tags import TAG_SEPARATOR
 
         images = torch.stack([self.preprocess(to_pil_rgb(t)) for t in self.to_uint8(tiles)]).to(self.device)
-        feats = self.model.encode_image(images)
-        feats = feats / feats.norm(dim=-1, keepdim=True)
-        probs = (self.model.logit_scale.exp() * feats @ self.text.t()).softmax(-1).float().cpu().numpy()
+        probs = image_probabilities(self.model, images, self.text).numpy()
         order = np.argsort(-probs, axis=1, kind="stable")[:, : self.top_k]  # ties keep class order, as ranked_entry
         return [TAG_SEPARATOR.join(self.classes[i] for i in row) for row in order]

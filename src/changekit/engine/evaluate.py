@@ -92,18 +92,17 @@ def test(
         cfg["data"]["num_workers"] = num_workers
     cfg["trainer"]["ema"]["enabled"] = False  # the checkpoint already holds the evaluated (EMA) weights
     cfg["model"] = {**cfg["model"], **{k: None for k in cfg["model"] if k.endswith("weights")}}
-    if tile_tags:
-        if "tags_a" not in getattr(model, "extra_inputs", ()):
-            raise ConfigError(f"{ckpt}: tile_tags: the model ({cfg['model']['name']}) takes no CLIP tags")
-        cfg["trainer"]["eval_mode"] = "slide"
-        cfg["data"]["tags"] = {**(cfg["data"].get("tags") or {}), "enabled": False}  # no tag files needed
-    task = _TestTask(cfg)
-    task.model.load_state_dict(model.state_dict())
+    tagger = None
     if tile_tags:
         from ..clip_tags import TileTagger
 
         device = "cuda" if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available() else "cpu"
-        task.tile_extras = TileTagger.for_run(cfg, clip_model, clip_weights, clip_classes, device)
+        tagger = TileTagger.for_run(cfg, model, ckpt, clip_model, clip_weights, clip_classes, device)
+        cfg["trainer"]["eval_mode"] = "slide"
+        cfg["data"]["tags"] = {**(cfg["data"].get("tags") or {}), "enabled": False}  # no tag files needed
+    task = _TestTask(cfg)
+    task.model.load_state_dict(model.state_dict())
+    task.tile_extras = tagger
     task.max_samples = samples if report else 0
     dm = ChangeDataModule(cfg["data"], seed=int(cfg["trainer"]["seed"]),
                           extra_inputs=tuple(getattr(task.model, "extra_inputs", ())))

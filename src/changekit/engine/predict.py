@@ -11,7 +11,7 @@ import torch
 
 from ..data.discover import pair_folders
 from ..data.io import atomic_dir, read_image, write_png
-from ..errors import ConfigError, DatasetNotFoundError, PairingError, SizeMismatchError
+from ..errors import DatasetNotFoundError, PairingError, SizeMismatchError
 from ..inference.scene import predict_scene
 from ..inference.sliding import sliding_window_predict
 from .checkpoint import load_checkpoint
@@ -82,11 +82,9 @@ def predict(
     takes_tags = "tags_a" in getattr(model, "extra_inputs", ())
     tagger: Any = None
     if tile_tags:
-        if not takes_tags:
-            raise ConfigError(f"{ckpt}: tile_tags: the model ({cfg['model'].get('name')}) takes no CLIP tags")
         from ..clip_tags import TileTagger
 
-        tagger = TileTagger.for_run(cfg, clip_model, clip_weights, clip_classes, dev)
+        tagger = TileTagger.for_run(cfg, model, ckpt, clip_model, clip_weights, clip_classes, dev)
     written: list[Path] = []
     out = Path(out)
     with atomic_dir(out) as tmp:

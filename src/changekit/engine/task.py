@@ -8,8 +8,7 @@ the resolved config (``hyper_parameters["config"]``), so a model is rebuilt by n
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import torch
@@ -21,6 +20,9 @@ from ..models import build_model
 from ..models.outputs import ChangeOutput
 from .ema import EMAWeights
 from .schedules import build_optimizer, build_scheduler
+
+if TYPE_CHECKING:
+    from ..inference.sliding import TileExtras
 
 
 def model_kwargs(config: dict[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -59,7 +61,7 @@ class ChangeTask(L.LightningModule):
         self.samples: list[dict[str, Any]] = []
         self.max_samples = 0
         #: sliding-window evaluation: forward inputs computed per batch of tiles (``test --tile-tags``)
-        self.tile_extras: Callable[[torch.Tensor, torch.Tensor], dict[str, Any]] | None = None
+        self.tile_extras: TileExtras | None = None
 
     # ---------------------------------------------------------------- forward
     @property

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -23,7 +23,7 @@ from torch import nn
 
 from ..data.io import atomic_path, read_image, write_png
 from ..errors import ConfigError, DatasetNotFoundError, ImageReadError, SizeMismatchError
-from .sliding import TilePredictor, eval_mode, stride_from
+from .sliding import TileExtras, TilePredictor, eval_mode, stride_from
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +188,7 @@ def predict_scene(
     sem_b_path: str | Path | None = None,
     extras: dict[str, Any] | None = None,
     palette: np.ndarray | None = None,
-    tile_extras: Callable[[torch.Tensor, torch.Tensor], dict[str, Any]] | None = None,
+    tile_extras: TileExtras | None = None,
 ) -> Path:
     """Predict the change mask of a (georeferenced) scene pair, strip by strip, and write it.
 
@@ -261,7 +261,7 @@ def _run_strips(
     outputs: dict[str, _Output],
     threshold: float,
     extras: dict[str, Any] | None = None,
-    tile_extras: Callable[[torch.Tensor, torch.Tensor], dict[str, Any]] | None = None,
+    tile_extras: TileExtras | None = None,
 ) -> None:
     """Predict one row of tiles at a time, write the finished rows, carry the overlap rows onward."""
     grid = predictor.grid(src_a.height, src_a.width)

@@ -26,6 +26,9 @@ from ..models.outputs import change_probability
 
 log = logging.getLogger(__name__)
 
+#: computes more forward inputs from a batch of tiles ``(ta, tb)`` (e.g. :class:`~changekit.clip_tags.TileTagger`)
+TileExtras = Callable[[torch.Tensor, torch.Tensor], dict[str, Any]]
+
 BLENDS = ("gaussian", "mean")
 
 
@@ -193,7 +196,7 @@ class TilePredictor:
         acc: torch.Tensor | None = None,
         wsum: torch.Tensor | None = None,
         extras: dict[str, Any] | None = None,
-        tile_extras: Callable[[torch.Tensor, torch.Tensor], dict[str, Any]] | None = None,
+        tile_extras: TileExtras | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Add the weighted predictions of the tiles at ``positions`` to ``acc`` and their weights to ``wsum``.
 
@@ -298,7 +301,7 @@ def sliding_window_predict(
     device: str | torch.device | None = None,
     amp: bool = False,
     extras: dict[str, Any] | None = None,
-    tile_extras: Callable[[torch.Tensor, torch.Tensor], dict[str, Any]] | None = None,
+    tile_extras: TileExtras | None = None,
 ) -> dict[str, torch.Tensor]:
     """Predict a pair of any size by blending overlapping tiles.
 

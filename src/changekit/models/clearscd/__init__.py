@@ -16,7 +16,8 @@ Departures from the released code, all documented in ``docs/models/clearscd.md``
 ImageNet weights load for real when asked (``encoder_weights``; ``None`` reproduces the released random start);
 SACL is computed without per-class Python loops over pixels and without pixel-by-pixel logits matrices; the
 encoder is activation-checkpointed in training (``checkpoint_encoder``); CPU inference runs channels_last
-through a BN-folded, activation-fused encoder (:mod:`.fast`). With the authors' weights the eval outputs equal theirs (benchmarks/clearscd_vs_official.py).
+through a BN-folded, activation-fused encoder (:mod:`.fast`). With the authors' weights the eval outputs equal
+theirs (benchmarks/clearscd_vs_official.py).
 """
 
 from __future__ import annotations

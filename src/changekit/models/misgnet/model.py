@@ -165,8 +165,8 @@ class MISGNet(ChangeModel):
     #: 256x256 image in stage 1) fits in this many bytes; 0 runs the whole batch at once. Below glibc's 32 MB
     #: mmap threshold, each hidden tensor reuses heap memory instead of being mapped fresh and page-faulted
     #: in (about 1.7 GB/s on the 2-core benchmark machine, where the groups cut a batch-8 forward from 1.25 to
-    #: 1.05 s), and the hidden layer is read back from cache. Groups hold at least 2 images: oneDNN's pointwise conv takes a one-image
-    #: channels_last batch for NCHW and copies it both ways. Same results; a speed switch only.
+    #: 1.05 s), and the hidden layer is read back from cache. Groups hold at least 2 images: oneDNN's pointwise
+    #: conv takes a one-image channels_last batch for NCHW and copies it both ways. Same results; a speed switch.
     mlp_chunk_bytes: int = 16 << 20
 
     def __init__(
