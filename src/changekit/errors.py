@@ -51,6 +51,14 @@ class UnknownModelError(ChangekitError, KeyError):
     """A model name is not in the registry."""
 
 
+class OutputError(ChangekitError, ValueError):
+    """An output path would overwrite an input or existing results, or cannot be written."""
+
+
+class RunLockedError(ChangekitError, RuntimeError):
+    """Another live process owns the run folder."""
+
+
 def suggest(name: str, choices: Iterable[str]) -> str:
     """Return ``" (did you mean 'x'?)"`` for the closest choice, or an empty string."""
     close = get_close_matches(name, list(choices), n=1, cutoff=0.6)
