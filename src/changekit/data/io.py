@@ -7,11 +7,6 @@ temporary name in the target folder and renames on success, so a killed run neve
 
 from __future__ import annotations
 
-import contextlib
-import os
-import shutil
-import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +14,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from ..atomic import atomic_dir, atomic_path, fsync_path, make_dirs, sweep_stale_temps  # noqa: F401 (re-exported)
 from ..errors import DatasetNotFoundError, ImageReadError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
@@ -120,48 +116,6 @@ def image_size(path: str | Path) -> tuple[int, int, int]:
             return im.height, im.width, bands
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise ImageReadError(f"{path}: cannot read image ({exc.__class__.__name__}: {exc})") from None
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it to ``path`` only if the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        if tmp_path.exists():  # mkstemp makes 0600 files: give the usual umask-based mode
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp_path, 0o666 & ~umask)
-        os.replace(tmp_path, path)
-    finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
-
-
-@contextlib.contextmanager
-def atomic_dir(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary folder beside ``path``; its content lands in ``path`` only if the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
-        yield tmp
-        if not path.exists():
-            os.replace(tmp, path)
-        else:  # never delete what the user had there: move the new files in, replacing same-named ones
-            for item in sorted(tmp.rglob("*")):
-                target = path / item.relative_to(tmp)
-                if item.is_dir():
-                    target.mkdir(parents=True, exist_ok=True)
-                else:
-                    os.replace(item, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_png(path: str | Path, array: np.ndarray, palette: np.ndarray | None = None) -> None:
