@@ -9,18 +9,11 @@ written. Errors are one :class:`~changekit.errors.OutputError` line naming the p
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
-import re
-import shutil
-import socket
-import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from .errors import OutputError
-
-log = logging.getLogger(__name__)
 
 OVERWRITE_HINT = "pass --overwrite to replace it, or choose another --out"
 
@@ -103,87 +96,6 @@ def check_output(
     else:
         writable_parent(out)
     return out
-
-
-# ------------------------------------------------------------------------------------------ temporaries
-# ``changekit.data.io.atomic_dir`` / ``atomic_path`` write under ``.<name>.XXXXXXXX[suffix]`` beside the target
-# (tempfile's 8 random characters). A killed run leaves such a temporary behind; the next run into the same
-# output removes it with :func:`sweep_stale_temps`. A temporary folder marked with :func:`owned_temp` records
-# its writer (host and PID), so a live concurrent writer's folder is never swept; unmarked ones are swept once
-# nothing in them has changed for ``max_age`` seconds.
-
-OWNER_FILE = ".changekit-owner"
-_RANDOM = re.compile(r"[a-z0-9_]{8}(\.[A-Za-z0-9]+)?")
-
-
-@contextlib.contextmanager
-def owned_temp(tmp_dir: str | Path) -> Iterator[Path]:
-    """Mark a temporary output folder as this process's while the block runs (the mark is gone after it)."""
-    marker = Path(tmp_dir) / OWNER_FILE
-    marker.write_text(f"{socket.gethostname()} {os.getpid()}\n")
-    try:
-        yield Path(tmp_dir)
-    finally:
-        marker.unlink(missing_ok=True)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's live process
-        return True
-    return True
-
-
-def _newest_mtime(path: Path) -> float:
-    newest = path.lstat().st_mtime
-    if path.is_dir() and not path.is_symlink():
-        for sub in path.rglob("*"):
-            with contextlib.suppress(OSError):
-                newest = max(newest, sub.lstat().st_mtime)
-    return newest
-
-
-def _is_stale(path: Path, max_age: float) -> bool:
-    marker = path / OWNER_FILE
-    if path.is_dir() and marker.is_file():
-        host, _, pid = marker.read_text().strip().partition(" ")
-        if host == socket.gethostname() and pid.isdigit():
-            return not _pid_alive(int(pid))
-    return time.time() - _newest_mtime(path) > max_age
-
-
-def sweep_stale_temps(folder: str | Path, name: str, max_age: float = 3600.0) -> list[Path]:
-    """Remove the temporaries that killed runs left for the output ``folder/name``; returns what was removed.
-
-    Args:
-        folder: the folder the output lives in.
-        name: the output's name (a folder's name, or a file's stem: ``atomic_path`` names temporaries by stem).
-        max_age: seconds without change after which an unmarked temporary counts as abandoned.
-    """
-    folder = Path(folder)
-    if not folder.is_dir():
-        return []
-    removed = []
-    prefix = f".{name}."
-    for entry in sorted(folder.iterdir()):
-        if not (entry.name.startswith(prefix) and _RANDOM.fullmatch(entry.name[len(prefix):])):
-            continue
-        try:
-            if not _is_stale(entry, max_age):
-                continue
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry)
-            else:
-                entry.unlink()
-        except OSError as exc:
-            log.warning("%s: could not remove a stale temporary (%s)", entry, exc)
-            continue
-        log.info("removed %s, left by an interrupted run", entry)
-        removed.append(entry)
-    return removed
 
 
 @contextlib.contextmanager
