@@ -69,6 +69,7 @@ DEFAULTS: dict[str, Any] = {
         "momentum": 0.9,  # sgd only
         "no_decay_keys": [],  # parameter-name substrings with weight decay 0 (e.g. norm, pos_embed)
         "no_decay_bias_norm": False,  # also no decay on biases and 1-d (norm) parameters
+        "lr_mult": {},  # parameter-name substring -> learning-rate factor (longest match wins), e.g. {decode_head: 10}
     },
     "schedule": {
         "name": "poly",  # none | poly | step | cosine | linear

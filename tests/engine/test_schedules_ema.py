@@ -52,6 +52,36 @@ def test_no_decay_groups() -> None:
     assert len(opt.param_groups[0]["params"]) == 1  # the conv weight only
 
 
+def test_lr_mult_groups_follow_open_cd_custom_keys(caplog: pytest.LogCaptureFixture) -> None:
+    """open-cd's ``custom_keys={'head': dict(lr_mult=10), 'norm': dict(decay_mult=0)}``: the head learns 10x
+    faster, norms are not decayed, the longest matching key wins, and the schedule scales every group alike."""
+    model = nn.ModuleDict({"backbone": nn.Sequential(nn.Linear(2, 2), nn.LayerNorm(2)),
+                           "decode_head": nn.Linear(2, 2), "decode_head_aux": nn.Linear(2, 2)})
+    model["backbone"][1].norm = nn.Parameter(torch.ones(1))  # name holds 'norm' and no multiplier key
+    cfg = {**DEFAULTS["optim"], "lr": 0.1, "weight_decay": 0.05, "no_decay_keys": ["norm"],
+           "lr_mult": {"head": 10, "decode_head_aux": 2, "unused": 3}}
+    with caplog.at_level("WARNING"):
+        opt = build_optimizer(model, cfg)
+    assert "'unused' matches no trainable parameter" in caplog.text
+    names = {id(p): n for n, p in model.named_parameters()}
+    got = [(g["lr"], g["weight_decay"], sorted(names[id(p)] for p in g["params"])) for g in opt.param_groups]
+    assert got == [
+        (0.1, 0.05, ["backbone.0.bias", "backbone.0.weight", "backbone.1.bias", "backbone.1.weight"]),
+        (0.1, 0.0, ["backbone.1.norm"]),
+        (pytest.approx(0.2), 0.05, ["decode_head_aux.bias", "decode_head_aux.weight"]),
+        (pytest.approx(1.0), 0.05, ["decode_head.bias", "decode_head.weight"]),
+    ]
+    sched = build_scheduler(opt, _sched(name="linear", interval="step"), steps_per_epoch=4, total_steps=4)
+    opt.step()
+    sched["scheduler"].step()
+    sched["scheduler"].step()
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.05, 0.05, 0.1, 0.5])
+    assert len(build_optimizer(model, {**DEFAULTS["optim"]}).param_groups) == 1  # no keys: one group as before
+    for bad in ({"head": 0}, {"head": "10"}, ["head"], {"": 2.0}):
+        with pytest.raises(ConfigError, match="optim.lr_mult"):
+            build_optimizer(model, {**cfg, "lr_mult": bad})
+
+
 def test_ema_copies_then_averages() -> None:
     model = nn.Linear(1, 1, bias=False)
     ema = EMAWeights(model, beta=0.5, update_after_step=2)

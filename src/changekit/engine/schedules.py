@@ -6,6 +6,7 @@ per-epoch stepping, resuming, and DDP all behave the same way (Lightning steps i
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 from typing import Any
@@ -15,31 +16,64 @@ from torch import nn
 
 from ..errors import ConfigError, suggest
 
+log = logging.getLogger(__name__)
+
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULES = ("none", "poly", "step", "cosine", "linear")
 
 
 def build_optimizer(model: nn.Module, cfg: dict[str, Any]) -> torch.optim.Optimizer:
-    """AdamW / Adam / SGD with optional no-decay groups (names containing ``no_decay_keys``, biases, norms)."""
+    """AdamW / Adam / SGD with optional no-decay groups and per-parameter learning-rate multipliers.
+
+    Weight decay is 0 for names containing any of ``no_decay_keys`` (and for biases and 1-d parameters with
+    ``no_decay_bias_norm``). ``lr_mult`` maps name substrings to learning-rate factors (open-cd's
+    ``paramwise_cfg.custom_keys`` ``lr_mult``, e.g. ``{decode_head: 10}``); when several keys match a name, the
+    longest wins, as in mmengine. Group 0 is always the decayed base-rate group (the scheduler reads it).
+    """
     name = str(cfg["name"]).lower()
     if name not in OPTIMIZERS:
         raise ConfigError(f"unknown optimiser '{name}'{suggest(name, OPTIMIZERS)}; choose one of {', '.join(OPTIMIZERS)}")
-    decay, no_decay = [], []
     keys = list(cfg.get("no_decay_keys") or [])
+    mults = _lr_mults(cfg.get("lr_mult"))
+    grouped: dict[tuple[float, bool], list[nn.Parameter]] = {(1.0, False): []}
+    matched: set[str] = set()
     for pname, param in model.named_parameters():
         if not param.requires_grad:
             continue
         flat = cfg.get("no_decay_bias_norm") and (param.ndim <= 1 or pname.endswith(".bias"))
-        (no_decay if flat or any(k in pname for k in keys) else decay).append(param)
-    groups = [{"params": decay, "weight_decay": float(cfg["weight_decay"])}]
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
-    lr = float(cfg["lr"])
+        hit = max((k for k in mults if k in pname), key=len, default=None)
+        if hit is not None:
+            matched.add(hit)
+        grouped.setdefault((mults.get(hit, 1.0), bool(flat or any(k in pname for k in keys))), []).append(param)
+    for key in sorted(set(mults) - matched):
+        log.warning("optim.lr_mult: key '%s' matches no trainable parameter name", key)
+    lr, wd = float(cfg["lr"]), float(cfg["weight_decay"])
+    groups: list[dict[str, Any]] = []
+    for (mult, no_decay), params in sorted(grouped.items(), key=lambda item: (item[0][0] != 1.0, item[0])):
+        if params or (mult, no_decay) == (1.0, False):
+            group: dict[str, Any] = {"params": params, "weight_decay": 0.0 if no_decay else wd}
+            if mult != 1.0:
+                group["lr"] = lr * mult
+            groups.append(group)
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg["betas"]))
     if name == "adam":
         return torch.optim.Adam(groups, lr=lr, betas=tuple(cfg["betas"]))
     return torch.optim.SGD(groups, lr=lr, momentum=float(cfg["momentum"]))
+
+
+def _lr_mults(value: Any) -> dict[str, float]:
+    """``optim.lr_mult`` checked: a mapping of non-empty name substrings to positive factors."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"config key 'optim.lr_mult' must map parameter-name substrings to factors, got {value!r}")
+    for key, factor in value.items():
+        if not isinstance(key, str) or not key:
+            raise ConfigError(f"config key 'optim.lr_mult' needs non-empty name substrings as keys, got {key!r}")
+        if isinstance(factor, bool) or not isinstance(factor, int | float) or not factor > 0:
+            raise ConfigError(f"config key 'optim.lr_mult.{key}' must be a positive number, got {factor!r}")
+    return {key: float(factor) for key, factor in value.items()}
 
 
 def lr_lambda(cfg: dict[str, Any], total: int, warmup: int, base_lr: float) -> Callable[[int], float]:
