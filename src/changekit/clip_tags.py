@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import zipfile
 from collections.abc import Callable, Sequence
 from importlib import resources
 from pathlib import Path
@@ -62,8 +61,38 @@ def file_tag(num_classes: int, model_name: str) -> str:
     return f"{num_classes}_{MODELS.get(model_name, model_name.lower().replace('-', '').replace('/', ''))}"
 
 
-def _is_torchscript(path: Path) -> bool:
-    return zipfile.is_zipfile(path) and any(n.endswith("constants.pkl") for n in zipfile.ZipFile(path).namelist())
+def _model_from_file(open_clip: Any, model_name: str, path: Path, device: str | torch.device) -> nn.Module:
+    """A CLIP model from a local file, without running code from it.
+
+    OpenAI's TorchScript archives are never given to ``torch.jit.load``: their tensors are read by the restricted
+    unpickler and the model is rebuilt from them as open_clip does for OpenAI weights (fp16-rounded, then fp32).
+    Other files are checked with ``weights_only`` first, then loaded by open_clip (which reads them
+    ``weights_only`` too) so its key conversions apply.
+    """
+    from .safeload import is_torchscript, load_tensors, restricted_load
+
+    def unfit(exc: BaseException) -> ConfigError:
+        first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+        return ConfigError(f"{path}: cannot load it as {model_name} CLIP weights ({first[:200]})")
+
+    if is_torchscript(path):
+        state = restricted_load(path, "CLIP weights file")
+        for key in ("input_resolution", "context_length", "vocab_size"):
+            state.pop(key, None)
+        try:
+            from open_clip.model import build_model_from_openai_state_dict
+
+            model = build_model_from_openai_state_dict(state, cast_dtype=None)  # fp32, as precision="fp32"
+        except Exception as exc:  # noqa: BLE001 - open_clip raises many types for unfit state dicts
+            raise unfit(exc) from None
+        model = model.to(device).float()
+        model.visual.image_mean, model.visual.image_std = open_clip.OPENAI_DATASET_MEAN, open_clip.OPENAI_DATASET_STD
+        return model
+    load_tensors(path, "CLIP weights file")  # one line for an empty, truncated, cyclic or planted file
+    try:
+        return open_clip.create_model(model_name, pretrained=str(path), device=device)
+    except Exception as exc:  # noqa: BLE001 - open_clip raises many types for unfit files
+        raise unfit(exc) from None
 
 
 def load_clip(model_name: str = "ViT-B-16", weights: str | Path | None = None, device: str | torch.device = "cpu"
@@ -82,15 +111,9 @@ def load_clip(model_name: str = "ViT-B-16", weights: str | Path | None = None, d
            f"the `clip` package fetches, or open_clip's '{model_name}' 'openai' checkpoint) and pass --weights FILE")
     if weights is not None:
         path = Path(weights)
-        if not path.is_file():
+        if not path.exists() and not path.is_symlink():
             raise DatasetNotFoundError(f"{path}: CLIP weights not found; {how}")
-        if _is_torchscript(path):
-            model = open_clip.load_openai_model(str(path), precision="fp32", device=device)
-        else:
-            try:
-                model = open_clip.create_model(model_name, pretrained=str(path), device=device)
-            except Exception as exc:  # noqa: BLE001 - open_clip raises many types for unfit files
-                raise ConfigError(f"{path}: cannot load it as {model_name} CLIP weights ({exc})") from None
+        model = _model_from_file(open_clip, model_name, path, device)
     else:
         if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0") or os.environ.get("CHANGEKIT_OFFLINE"):
             raise ConfigError(f"no CLIP weights given and downloads are disabled (offline); {how}")

@@ -9,8 +9,9 @@ Every ``torch.load`` in changekit goes through this module:
   every other global becomes an inert :class:`Stub` that only records the state it is given, so nothing named by
   the file is imported or called.
 
-Both turn every way a file can be bad (missing, empty, truncated, not a pickle, cyclic, a planted payload) into
-one :class:`~changekit.errors.CheckpointError` line that names the file.
+Both turn every way a file can be bad (missing, empty, truncated, not a pickle, cyclic or endlessly nested, a
+planted payload, a folder or a symbolic link loop in its place) into one :class:`~changekit.errors.CheckpointError`
+line that names the file. ``.safetensors`` files (which cannot hold code) are read by :func:`load_tensors` too.
 """
 
 from __future__ import annotations
@@ -25,7 +26,12 @@ from typing import Any
 
 import torch
 
-from .errors import CheckpointError, DatasetNotFoundError
+from .data.io import require_file
+from .errors import CheckpointError
+
+#: deeper nesting than this is no checkpoint (changekit's own files nest about 6 levels): it is refused before
+#: code that walks the structure recurses without end
+MAX_NESTING = 100
 
 _SAFE_GLOBALS: dict[tuple[str, str], Any] = {
     ("collections", "OrderedDict"): collections.OrderedDict,
@@ -52,6 +58,8 @@ class Stub:
     """Stands in for any class or function of the pickle that is not known to be safe; records its state."""
 
     stub_name = "?"
+    stub_args: tuple = ()  # also for objects rebuilt with ``__new__`` (NEWOBJ), which skip ``__init__``
+    stub_state: Any = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.stub_args = args
@@ -96,12 +104,51 @@ _PICKLE_MODULE.load = lambda f, **kw: RestrictedUnpickler(f, **kw).load()  # typ
 
 
 def _check_file(path: Path, what: str) -> None:
-    if not path.exists():
-        raise DatasetNotFoundError(f"{path}: {what} not found")
-    if not path.is_file():
-        raise CheckpointError(f"{path}: {what} is not a file")
+    require_file(path, what, error=CheckpointError)
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path}: {what} is empty (0 bytes; a run killed while writing it?)")
+
+
+def check_nesting(obj: Any, path: Path, what: str = "checkpoint", cycles: bool = True) -> None:
+    """Refuse a loaded structure that refers to itself (``cycles``) or nests deeper than :data:`MAX_NESTING`.
+
+    A pickle can rebuild a dict that contains itself, or lists nested a million deep, without recursion; the code
+    that later walks it (config merging, ``deepcopy``, state-dict search) would then recurse until Python gives
+    up. The walk here is iterative and visits each container once. ``cycles=False`` (foreign pickled modules,
+    whose hooks may point back at their module) checks the depth only.
+
+    Raises:
+        CheckpointError: naming ``path``.
+    """
+    done: set[int] = set()
+    on_path: set[int] = set()
+    stack: list[tuple[Any, int, bool]] = [(obj, 0, False)]
+    while stack:
+        node, depth, leaving = stack.pop()
+        if leaving:
+            on_path.discard(id(node))
+            done.add(id(node))
+            continue
+        if isinstance(node, Stub):
+            children: Any = (node.stub_args, node.stub_state)
+        elif isinstance(node, dict):
+            children = list(node.values())
+        elif isinstance(node, (list, tuple, set, frozenset)):
+            children = node
+        else:
+            continue
+        if id(node) in on_path:
+            if cycles:
+                raise CheckpointError(f"{path}: not a usable {what} (it contains itself: a cyclic structure)")
+            continue
+        if id(node) in done:
+            continue
+        if depth > MAX_NESTING:
+            raise CheckpointError(f"{path}: not a usable {what} (its containers nest more than {MAX_NESTING} "
+                                  "levels deep)")
+        on_path.add(id(node))
+        stack.append((node, depth, True))
+        stack.extend((child, depth + 1, False) for child in children)
 
 
 def _reason(exc: BaseException) -> str:
@@ -121,17 +168,34 @@ def _reason(exc: BaseException) -> str:
 def load_tensors(path: str | Path, what: str = "checkpoint") -> Any:
     """``torch.load(path, weights_only=True)`` on the CPU, with one-line errors naming the file.
 
+    A ``.safetensors`` file is read with ``safetensors`` (a flat ``{name: tensor}`` dict).
+
     Raises:
         DatasetNotFoundError: the file does not exist.
-        CheckpointError: empty, truncated, cyclic, not a PyTorch file, or it holds anything but tensors and
-            plain containers (a planted pickle is refused, never run).
+        CheckpointError: empty, truncated, cyclic or endlessly nested, not a PyTorch file, or it holds anything
+            but tensors and plain containers (a planted pickle is refused, never run).
     """
     path = Path(path)
     _check_file(path, what)
+    if path.suffix.lower() == ".safetensors":
+        return _load_safetensors(path, what)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        obj = torch.load(path, map_location="cpu", weights_only=True)
     except _READ_ERRORS as exc:
         raise CheckpointError(f"{path}: not a readable {what} ({_reason(exc)})") from None
+    check_nesting(obj, path, what)
+    return obj
+
+
+def _load_safetensors(path: Path, what: str) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        first = (str(exc).splitlines() or [exc.__class__.__name__])[0]
+        raise CheckpointError(f"{path}: not a readable safetensors {what} ({first[:160]})") from None
 
 
 def restricted_load(path: str | Path, what: str = "checkpoint") -> Any:
@@ -143,18 +207,24 @@ def restricted_load(path: str | Path, what: str = "checkpoint") -> Any:
     path = Path(path)
     _check_file(path, what)
     try:
-        if _is_torchscript(path):
+        if is_torchscript(path):
             return _torchscript_tensors(path)
-        return torch.load(path, map_location="cpu", pickle_module=_PICKLE_MODULE, weights_only=False)
+        obj = torch.load(path, map_location="cpu", pickle_module=_PICKLE_MODULE, weights_only=False)
     except _READ_ERRORS as exc:
         raise CheckpointError(f"{path}: cannot read as a PyTorch {what} ({_reason(exc)})") from None
+    check_nesting(obj, path, what, cycles=False)
+    return obj
 
 
-def _is_torchscript(path: Path) -> bool:
-    if not zipfile.is_zipfile(path):
+def is_torchscript(path: Path) -> bool:
+    """Whether ``path`` is a TorchScript archive (a zip with ``constants.pkl``); unreadable files are not."""
+    try:
+        if not zipfile.is_zipfile(path):
+            return False
+        with zipfile.ZipFile(path) as zf:
+            return any(n.endswith("constants.pkl") for n in zf.namelist())
+    except (OSError, zipfile.BadZipFile, ValueError):
         return False
-    with zipfile.ZipFile(path) as zf:
-        return any(n.endswith("constants.pkl") for n in zf.namelist())
 
 
 def _torchscript_tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -183,25 +253,29 @@ def _torchscript_tensors(path: Path) -> dict[str, torch.Tensor]:
         unpickler = RestrictedUnpickler(zf.open(data_name))
         unpickler.persistent_load = persistent_load  # type: ignore[method-assign]
         tree = unpickler.load()
+    check_nesting(tree, path, "TorchScript archive", cycles=False)
     out: dict[str, torch.Tensor] = {}
 
-    def walk(obj: Any, prefix: str) -> None:
+    def walk(obj: Any, prefix: str, ancestors: frozenset[int]) -> None:
         state = obj.stub_state if isinstance(obj, Stub) else obj
-        if isinstance(state, dict):
+        if isinstance(state, dict) and id(obj) not in ancestors:
             for key, value in state.items():
                 if isinstance(value, torch.Tensor):
                     out[f"{prefix}{key}"] = value
                 elif isinstance(value, (Stub, dict)) and not str(key).startswith("_"):
-                    walk(value, f"{prefix}{key}.")
+                    walk(value, f"{prefix}{key}.", ancestors | {id(obj)})
 
-    walk(tree, "")
+    walk(tree, "", frozenset())
     return out
 
 
-def module_state_dict(obj: Any, prefix: str = "") -> dict[str, torch.Tensor]:
+def module_state_dict(obj: Any, prefix: str = "", _ancestors: frozenset[int] = frozenset()) -> dict[str, torch.Tensor]:
     """The ``state_dict`` of a pickled ``nn.Module`` tree of :class:`Stub` objects (parameters, persistent
-    buffers, submodules), or of a plain mapping of tensors."""
+    buffers, submodules), or of a plain mapping of tensors. A submodule that refers back to one of its parents is
+    skipped (a cyclic pickle)."""
     out: dict[str, torch.Tensor] = {}
+    if id(obj) in _ancestors:
+        return out
     if isinstance(obj, Stub):
         state = obj.stub_state
         if isinstance(state, tuple) and state and isinstance(state[0], dict):
@@ -216,7 +290,7 @@ def module_state_dict(obj: Any, prefix: str = "") -> dict[str, torch.Tensor]:
                     out[prefix + name] = value.detach()
         for name, child in (state.get("_modules") or {}).items():
             if child is not None:
-                out.update(module_state_dict(child, f"{prefix}{name}."))
+                out.update(module_state_dict(child, f"{prefix}{name}.", _ancestors | {id(obj)}))
         return out
     if isinstance(obj, dict):
         for name, value in obj.items():
@@ -232,10 +306,14 @@ def extract_state_dict(obj: Any) -> dict[str, torch.Tensor]:
     checkpoint ``{"model" | "state_dict" | "model_ema" | "ema": ..., ...}`` (mmengine, Lightning, plain loops) or
     a plain state_dict; strips ``module.`` prefixes (DataParallel / DDP).
     """
-    if isinstance(obj, dict) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
-        for key in ("model_ema", "ema", "model", "state_dict", "net", "params"):
-            if key in obj:
-                return extract_state_dict(obj[key])
+    seen: set[int] = set()
+    while isinstance(obj, dict) and id(obj) not in seen and not any(isinstance(v, torch.Tensor)
+                                                                    for v in obj.values()):
+        seen.add(id(obj))  # a dict that holds itself under "state_dict" ends the search instead of recursing
+        key = next((k for k in ("model_ema", "ema", "model", "state_dict", "net", "params") if k in obj), None)
+        if key is None:
+            break
+        obj = obj[key]
     state = module_state_dict(obj)
     if any(k.startswith("ema_model.") for k in state):
         state = {k[len("ema_model."):]: v for k, v in state.items() if k.startswith("ema_model.")}

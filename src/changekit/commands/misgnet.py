@@ -29,7 +29,7 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:  # noqa: ARG001 -
         from ..errors import DatasetNotFoundError
         from ..models.misgnet.convert import convert_checkpoint
 
-        if not src.is_file():
+        if not src.exists() and not src.is_symlink():
             raise DatasetNotFoundError(f"{src}: checkpoint not found")
         model, cfg = convert_checkpoint(src, keep_stage4=keep_stage4)
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -7,6 +7,9 @@ temporary name in the target folder and renames on success, so a killed run neve
 
 from __future__ import annotations
 
+import errno
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +18,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ..atomic import atomic_dir, atomic_path, fsync_path, make_dirs, sweep_stale_temps  # noqa: F401 (re-exported)
-from ..errors import DatasetNotFoundError, ImageReadError
+from ..errors import ChangekitError, DatasetNotFoundError, ImageReadError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 _RASTERIO_SUFFIXES = (".tif", ".tiff")
@@ -30,7 +33,44 @@ class GeoInfo:
 
     @property
     def is_geo(self) -> bool:
-        return self.crs is not None
+        """A CRS or a geotransform is known (a transform without a CRS still places pixels on a grid)."""
+        return self.crs is not None or self.transform is not None
+
+
+def require_file(path: str | Path, what: str = "file", error: type[ChangekitError] = ImageReadError) -> Path:
+    """``path`` as a readable regular file, or one error line saying what it is instead.
+
+    Every reader calls this first, so a missing file, a broken link, a symbolic link loop, a folder named like an
+    image, a FIFO or device (which would block or never end) and a file without read permission each give one
+    line naming the path.
+
+    Raises:
+        DatasetNotFoundError: nothing (or a broken link) at ``path``.
+        ChangekitError: ``error`` for everything else that is not a readable file.
+    """
+    path = Path(path)
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        if path.is_symlink():
+            raise DatasetNotFoundError(f"{path}: {what} is a broken symbolic link "
+                                       f"(its target {os.readlink(path)} does not exist)") from None
+        raise DatasetNotFoundError(f"{path}: {what} not found") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise error(f"{path}: {what} is a symbolic link loop (the link points back at itself)") from None
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            raise error(f"{path}: {what} cannot be read (permission denied on a folder of its path)") from None
+        if exc.errno == errno.ENOTDIR:
+            raise DatasetNotFoundError(f"{path}: {what} not found (a part of the path is a file)") from None
+        raise error(f"{path}: cannot access the {what} ({exc.strerror})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise error(f"{path}: is a folder, but a {what} is expected here")
+    if not stat.S_ISREG(st.st_mode):
+        raise error(f"{path}: is not a regular file (a pipe, socket or device), but a {what} is expected here")
+    if not os.access(path, os.R_OK):
+        raise error(f"{path}: {what} cannot be read (permission denied)")
+    return path
 
 
 def read_image(path: str | Path, with_geo: bool = False) -> np.ndarray | tuple[np.ndarray, GeoInfo]:
@@ -40,9 +80,7 @@ def read_image(path: str | Path, with_geo: bool = False) -> np.ndarray | tuple[n
         DatasetNotFoundError: the file does not exist.
         ImageReadError: the file is not a readable image.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise DatasetNotFoundError(f"{path}: file not found")
+    path = require_file(path)
     geo = GeoInfo()
     if path.suffix.lower() in _RASTERIO_SUFFIXES:
         arr, geo = _read_rasterio(path)
@@ -70,9 +108,7 @@ def _palette_is_colour(im: Image.Image) -> bool:
 
 def read_palette_indices(path: str | Path) -> np.ndarray:
     """Read a palette ('P' mode) or grey PNG as its raw index values ``(H, W)``."""
-    path = Path(path)
-    if not path.is_file():
-        raise DatasetNotFoundError(f"{path}: file not found")
+    path = require_file(path)
     try:
         with Image.open(path) as im:
             im.load()
@@ -88,17 +124,27 @@ def _read_rasterio(path: Path) -> tuple[np.ndarray, GeoInfo]:
     try:
         with rasterio.open(path) as src:
             arr = src.read()
-            geo = GeoInfo(crs=src.crs, transform=src.transform if src.crs is not None else None)
+            geo = GeoInfo(crs=src.crs, transform=geo_transform(src))
     except (RasterioIOError, OSError, ValueError) as exc:
         raise ImageReadError(f"{path}: cannot read raster ({exc})") from None
     return np.moveaxis(arr, 0, -1), geo
 
 
+def geo_transform(src: Any) -> Any:
+    """The geotransform of an open rasterio dataset, or ``None`` when the file has none.
+
+    A file without a geotransform reads as the identity (and rasterio warns); one with a transform but no CRS
+    keeps it, so outputs stay on the same pixel grid.
+    """
+    from affine import Affine
+
+    transform = src.transform
+    return None if src.crs is None and transform == Affine.identity() else transform
+
+
 def image_size(path: str | Path) -> tuple[int, int, int]:
     """``(H, W, C)`` of an image without decoding its pixels where the format allows."""
-    path = Path(path)
-    if not path.is_file():
-        raise DatasetNotFoundError(f"{path}: file not found")
+    path = require_file(path)
     if path.suffix.lower() in _RASTERIO_SUFFIXES:
         import rasterio
         from rasterio.errors import RasterioIOError

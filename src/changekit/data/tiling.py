@@ -170,18 +170,19 @@ def _folders(src: Path, layout: str | Sequence[str]) -> list[tuple[str, Path]]:
 
 
 def _geo_json(geo: GeoInfo) -> dict[str, Any]:
-    if not geo.is_geo:
-        return {"crs": None, "transform": None}
-    return {"crs": geo.crs.to_wkt(), "transform": list(geo.transform)[:6]}
+    """CRS (WKT) and transform of a source; either may be ``None`` (a geotransform without a CRS is kept)."""
+    return {"crs": geo.crs.to_wkt() if geo.crs is not None else None,
+            "transform": list(geo.transform)[:6] if geo.transform is not None else None}
 
 
 def _geo_from_json(entry: dict[str, Any]) -> GeoInfo:
-    if not entry.get("crs"):
+    if not entry.get("crs") and not entry.get("transform"):
         return GeoInfo()
     from affine import Affine
     from rasterio.crs import CRS
 
-    return GeoInfo(crs=CRS.from_wkt(entry["crs"]), transform=Affine(*entry["transform"]))
+    return GeoInfo(crs=CRS.from_wkt(entry["crs"]) if entry.get("crs") else None,
+                   transform=Affine(*entry["transform"]) if entry.get("transform") else None)
 
 
 def _prepare_out(out: Path, inputs: Sequence[Path], overwrite: bool) -> None:
@@ -237,7 +238,7 @@ def tile_folder(src: str | Path, out: str | Path, size: IntPair = 512, stride: I
             entry["cols"] = tile_positions(entry["width"], size_hw[1], stride_hw[1])
             for name, fname in entry["files"].items():
                 arr, geo, palette = _read(src / name / fname if name else src / fname)
-                if geo.is_geo and entry["crs"] is None:
+                if geo.is_geo and entry["crs"] is None and entry["transform"] is None:
                     entry.update(_geo_json(geo))
                 suffix = Path(fname).suffix if Path(fname).suffix.lower() in (".png", *_TIF) else ".png"
                 for r, c in product(entry["rows"], entry["cols"]):
@@ -337,7 +338,7 @@ def _merge_stem(entry: dict[str, Any], paths: list[Path], mode: str,
         palette = pal if palette is None else palette
         tiles.append(arr)
         positions.append((r, c))
-    geo = _geo_from_json(entry) if entry.get("crs") else geo
+    geo = _geo_from_json(entry) if entry.get("crs") or entry.get("transform") else geo
     shape = (height, width) if tiles[0].shape[2] == 1 else (height, width, tiles[0].shape[2])
     dtype = tiles[0].dtype
     if mode == "vote":

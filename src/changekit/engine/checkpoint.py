@@ -14,8 +14,9 @@ import torch
 from torch import nn
 
 from ..data.io import atomic_path
-from ..errors import CheckpointError, DatasetNotFoundError
+from ..errors import CheckpointError
 from ..models import build_model
+from ..safeload import load_tensors
 
 FORMAT = "changekit-checkpoint"
 VERSION = 1
@@ -23,13 +24,7 @@ VERSION = 1
 
 def _read(path: str | Path) -> dict[str, Any]:
     path = Path(path)
-    if not path.is_file():
-        raise DatasetNotFoundError(f"{path}: checkpoint not found")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch raises many types for bad files
-        raise CheckpointError(f"{path}: not a readable checkpoint ({exc.__class__.__name__}: "
-                              f"{str(exc).splitlines()[0][:200]})") from None
+    obj = load_tensors(path)  # weights_only: a planted pickle is refused, never run
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: not a changekit checkpoint (a {type(obj).__name__}, not a dict)")
     return obj
@@ -39,12 +34,20 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     """The evaluated weights (EMA when present) and the resolved config of a checkpoint."""
     obj = _read(path)
     if obj.get("format") == FORMAT:
-        return obj["state_dict"], obj["config"]
-    config = (obj.get("hyper_parameters") or {}).get("config")
-    state = obj.get("state_dict")
+        config, state = obj.get("config"), obj.get("state_dict")
+    else:
+        hparams = obj.get("hyper_parameters")
+        config = hparams.get("config") if isinstance(hparams, dict) else None
+        state = obj.get("state_dict")
     if config is None or state is None:
         raise CheckpointError(f"{path}: not a changekit checkpoint (no config/state_dict); "
                               "for the authors' released weights use `changekit convert`")
+    if (not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values())
+            or not isinstance(config, dict) or not isinstance(config.get("model"), dict)
+            or not isinstance(config["model"].get("name"), str)):
+        raise CheckpointError(f"{path}: not a changekit checkpoint (its state_dict or config has the wrong form)")
+    if obj.get("format") == FORMAT:
+        return state, config
     prefix = "ema.module." if any(k.startswith("ema.module.") for k in state) else "model."
     weights = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
     return weights, config

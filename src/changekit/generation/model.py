@@ -17,7 +17,8 @@ import yaml
 
 from ..config import yaml_load
 from ..data.io import atomic_path
-from ..errors import ConfigError, DatasetNotFoundError, suggest
+from ..errors import CheckpointError, ConfigError, DatasetNotFoundError, suggest
+from ..safeload import load_tensors
 from .autoencoder import build_autoencoder, decode, downsample_factor, encode
 from .diffusion import build_scheduler, build_unet, ddim_sample, mask_condition
 
@@ -176,6 +177,22 @@ class Generator:
                                        "'changekit generator train'")
         meta = yaml_load((run / "generator.yaml").read_text())
         gen = cls(meta["settings"], meta["classes"], meta["scale"])
-        gen.vae.load_state_dict(torch.load(run / "autoencoder.pt", map_location="cpu", weights_only=True))
-        gen.unet.load_state_dict(torch.load(run / "unet.pt", map_location="cpu", weights_only=True))
+        for module, name in ((gen.vae, "autoencoder.pt"), (gen.unet, "unet.pt")):
+            load_module_state(module, load_tensors(run / name, "generator weights file"), run / name)
         return gen.eval()
+
+
+def load_module_state(module: torch.nn.Module, state: Any, source: str | Path) -> None:
+    """``module.load_state_dict(state)`` with one error line naming ``source`` when the weights do not fit.
+
+    Raises:
+        CheckpointError: ``state`` is no state dict, or its keys or shapes differ from the module's.
+    """
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{source}: holds no state dict of tensors")
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[1:2] or [str(exc)]
+        raise CheckpointError(f"{source}: the weights do not fit the generator's settings "
+                              f"({first[0].strip()[:160]})") from None

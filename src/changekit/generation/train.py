@@ -19,10 +19,11 @@ import numpy as np
 import torch
 
 from ..data.io import IMAGE_SUFFIXES, atomic_path, read_image, read_palette_indices, write_png
-from ..errors import ConfigError, DatasetNotFoundError, PairingError, SizeMismatchError
+from ..errors import CheckpointError, ConfigError, DatasetNotFoundError, PairingError, SizeMismatchError
+from ..safeload import load_tensors
 from .autoencoder import autoencoder_loss
 from .diffusion import diffusion_loss
-from .model import Generator
+from .model import Generator, load_module_state
 
 __all__ = ["load_pairs", "train_generator", "to_tensor", "to_uint8", "colourise"]
 
@@ -110,6 +111,31 @@ def _save_state(out: Path, gen: Generator, stage: str, step: int, opt: torch.opt
         torch.save(state, tmp)
 
 
+def _restore_state(state_file: Path, gen: Generator, rng: np.random.Generator, trng: torch.Generator
+                   ) -> tuple[str, int, Any]:
+    """Load ``state.pt`` (weights_only: tensors, numbers, strings and containers; a planted pickle is refused) into
+    ``gen`` and the random generators; returns ``(stage, step, optimiser state)``.
+
+    Raises:
+        CheckpointError: the file is unreadable or not a generator training state (one line naming it).
+    """
+    st = load_tensors(state_file, "generator training state")
+    keys = ("stage", "step", "opt", "scale", "vae", "unet", "rng", "trng")
+    if not isinstance(st, dict) or any(k not in st for k in keys) or st["stage"] not in ("ae", "ldm", "done") \
+            or not isinstance(st["step"], int) or not isinstance(st["scale"], (int, float)) \
+            or not isinstance(st["trng"], torch.Tensor) or not (st["opt"] is None or isinstance(st["opt"], dict)):
+        raise CheckpointError(f"{state_file}: not a generator training state (expected {', '.join(keys)})")
+    load_module_state(gen.vae, st["vae"], state_file)
+    load_module_state(gen.unet, st["unet"], state_file)
+    try:
+        rng.bit_generator.state = st["rng"]
+        trng.set_state(st["trng"])
+    except (TypeError, ValueError, KeyError, RuntimeError) as exc:
+        raise CheckpointError(f"{state_file}: its random-generator state is not valid ({exc})") from None
+    gen.scale = float(st["scale"])
+    return st["stage"], st["step"], st["opt"]
+
+
 def train_generator(images: str | Path, masks: str | Path, classes: dict[str, Any], out: str | Path,
                     settings: dict[str, Any], resume: bool = False, progress: bool = True) -> Generator:
     """Train (or resume) both stages and save the generator into ``out``.
@@ -146,12 +172,7 @@ def train_generator(images: str | Path, masks: str | Path, classes: dict[str, An
     trng = torch.Generator().manual_seed(int(tr["seed"]))
     stage, step, opt_state = "ae", 0, None
     if resume:
-        st = torch.load(state_file, map_location="cpu", weights_only=False)
-        stage, step, opt_state, gen.scale = st["stage"], st["step"], st["opt"], st["scale"]
-        gen.vae.load_state_dict(st["vae"])
-        gen.unet.load_state_dict(st["unet"])
-        rng.bit_generator.state = st["rng"]
-        trng.set_state(st["trng"])
+        stage, step, opt_state = _restore_state(state_file, gen, rng, trng)
     out.mkdir(parents=True, exist_ok=True)
     (out / "samples").mkdir(exist_ok=True)
     totals = {"ae": int(tr["ae_steps"]), "ldm": int(tr["ldm_steps"])}
@@ -165,7 +186,10 @@ def train_generator(images: str | Path, masks: str | Path, classes: dict[str, An
         gen.unet.train(name == "ldm")
         opt = torch.optim.AdamW(module.parameters(), lr=float(tr[f"{name}_lr"]), weight_decay=0.0)
         if opt_state is not None and stage == name:
-            opt.load_state_dict(opt_state)
+            try:
+                opt.load_state_dict(opt_state)
+            except (KeyError, ValueError, TypeError, RuntimeError) as exc:
+                raise CheckpointError(f"{state_file}: its optimiser state does not fit ({exc})") from None
         while step < totals[name]:
             imgs, ms = _batch(pairs, size, int(tr["batch_size"]), rng)
             x = to_tensor(imgs)

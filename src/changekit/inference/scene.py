@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data.io import atomic_path, read_image, write_png
+from ..data.io import atomic_path, geo_transform, read_image, write_png
 from ..errors import ConfigError, DatasetNotFoundError, ImageReadError, SizeMismatchError
 from .sliding import TileExtras, TilePredictor, eval_mode, stride_from
 
@@ -52,7 +52,7 @@ class _Raster:
                 raise ImageReadError(f"{self.path}: cannot read raster ({exc})") from None
             self.height, self.width, self.count = self._ds.height, self._ds.width, self._ds.count
             self.crs = self._ds.crs
-            self.transform = self._ds.transform if self.crs is not None else None
+            self.transform = geo_transform(self._ds)  # kept without a CRS too: outputs stay on the grid
             self.dtype = np.dtype(self._ds.dtypes[0])
         else:
             arr = cast(np.ndarray, read_image(self.path))
@@ -119,14 +119,14 @@ class _Output:
                 driver="GTiff", height=src.height, width=src.width, count=1, dtype=self.dtype.name,
                 compress="deflate", BIGTIFF="IF_SAFER",
             )
-            if src.crs is not None:
+            if src.crs is not None or src.transform is not None:
                 profile.update(crs=src.crs, transform=src.transform)
             tmp = stack.enter_context(atomic_path(self.path))
             self._ds = stack.enter_context(rasterio.open(tmp, "w", **profile))
             if palette is not None:  # class maps: a colour table, so GIS tools show the classes' colours
                 self._ds.write_colormap(1, {i: (*map(int, rgb), 255) for i, rgb in enumerate(palette)})
         elif suffix in _PNG:
-            if src.crs is not None:
+            if src.crs is not None or src.transform is not None:
                 log.warning("%s: PNG output drops the georeferencing of %s; use .tif to keep it", self.path, src.path)
             self._arr = np.zeros((src.height, src.width), np.uint8)
         else:

@@ -26,7 +26,8 @@ from segmentation_models_pytorch.decoders.unet.decoder import UnetDecoder
 from segmentation_models_pytorch.encoders import get_encoder
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import ChangekitError, ConfigError
+from ..safeload import load_tensors
 from .base import ChangeModel
 from .blocks import (
     FUSIONS,
@@ -53,17 +54,12 @@ def _is_weight_file(weights: str) -> bool:
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Read a tensor dict from ``path``; unwraps ``{"state_dict": ...}`` / ``{"model": ...}`` checkpoints."""
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():
         raise ConfigError(f"encoder_weights: file '{path}' does not exist")
-    try:
-        if path.suffix.lower() == ".safetensors":
-            from safetensors.torch import load_file
-
-            obj: Any = load_file(str(path), device="cpu")
-        else:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any decoding failure is the user's file
-        raise ConfigError(f"encoder_weights: cannot read '{path}': {exc}") from exc
+    try:  # weights_only (or safetensors): a planted pickle is refused, never run
+        obj: Any = load_tensors(path, "encoder weights file")
+    except ChangekitError as exc:
+        raise ConfigError(f"encoder_weights: cannot read {exc}") from None
     for key in ("state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]

@@ -12,7 +12,6 @@ go to the text encoder. The ViT adapters and everything after the towers keep th
 from __future__ import annotations
 
 import logging
-import zipfile
 from pathlib import Path
 
 import torch
@@ -20,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...errors import CheckpointError, DatasetNotFoundError
+from ...safeload import is_torchscript, load_tensors, restricted_load
 
 log = logging.getLogger(__name__)
 TEXT_KEYS = ("transformer.", "token_embedding.", "positional_embedding", "ln_final.", "text_projection")
@@ -28,22 +28,18 @@ TEXT_KEYS = ("transformer.", "token_embedding.", "positional_embedding", "ln_fin
 def read_clip_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """The float32 state dict of a CLIP checkpoint file (TorchScript archive or saved state dict)."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():
         raise DatasetNotFoundError(
             f"{path}: CLIP weights not found; download OpenAI's RN50.pt / ViT-B-16.pt (the files the `clip` "
             "package fetches) or an open_clip checkpoint and point model.clip_weights at it"
         )
-    state: object
-    if zipfile.is_zipfile(path) and any(n.endswith("constants.pkl") for n in zipfile.ZipFile(path).namelist()):
-        state = torch.jit.load(str(path), map_location="cpu").state_dict()
-    else:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - any unreadable file is reported the same way
-            raise CheckpointError(f"{path}: not a CLIP checkpoint ({type(exc).__name__}: {exc})") from None
+    # never torch.jit.load: a TorchScript archive's tensors are read by the restricted unpickler, its code never
+    # runs; any other file is read weights_only (or as safetensors)
+    state: object = restricted_load(path, "CLIP weights file") if is_torchscript(path) \
+        else load_tensors(path, "CLIP weights file")
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
-    if not isinstance(state, dict) or not state:
+    if not isinstance(state, dict) or not any(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path}: expected a CLIP state dict, got {type(state).__name__}")
     return {k.removeprefix("module."): v.float() for k, v in state.items() if isinstance(v, torch.Tensor)}
 

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...errors import CheckpointError, ConfigError, DatasetNotFoundError
+from ...safeload import load_tensors
 from .. import onednn
 from ..base import ChangeModel
 from ..blocks import check_change_channels, check_int
@@ -41,15 +42,17 @@ def _load_backbone_weights(backbone: nn.Module, source: str, in_channels: int) -
     from timm.models.pvt_v2 import checkpoint_filter_fn
 
     path = Path(source).expanduser()
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():
         raise DatasetNotFoundError(
             f"{path}: backbone weights not found (give a local pvt_v2_b1 .pth file, 'timm' to download them "
             "from the timm hub, or leave backbone_weights unset for a random init)"
         )
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_tensors(path, "backbone weights file")  # weights_only: a planted pickle is refused, never run
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ConfigError(f"{path}: backbone_weights holds no state dict of tensors")
     state = checkpoint_filter_fn(dict(state), backbone)
     own = backbone.state_dict()
     state = {k: v for k, v in state.items() if k in own}
