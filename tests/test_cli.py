@@ -67,14 +67,14 @@ def test_predict_writes_masks(trained: Path, synth_root: Path, tmp_path: Path, c
     assert len(masks) == 6
     values = np.unique(np.asarray(Image.open(masks[0])))
     assert set(values.tolist()) <= {0, 255}
-    assert (tmp_path / "pred" / "synth_00000_prob.png").is_file()
+    assert (tmp_path / "pred_prob" / "synth_00000.png").is_file()  # extras beside the mask folder, not in it
     # --amp (bfloat16 autocast on CPU): same outputs up to rounding of the probabilities
     rc, _, _ = _run(capsys, "predict", "--ckpt", trained / "model.ckpt", "--a", synth_root / "val" / "A",
                     "--b", synth_root / "val" / "B", "--out", tmp_path / "amp", "--tile", 64, "--overlap", 16, "--prob",
                     "--amp")
     assert rc == 0
-    full = np.asarray(Image.open(tmp_path / "pred" / "synth_00000_prob.png")).astype(int)
-    half = np.asarray(Image.open(tmp_path / "amp" / "synth_00000_prob.png")).astype(int)
+    full = np.asarray(Image.open(tmp_path / "pred_prob" / "synth_00000.png")).astype(int)
+    half = np.asarray(Image.open(tmp_path / "amp_prob" / "synth_00000.png")).astype(int)
     assert np.abs(full - half).mean() < 3  # 0..255 scale
 
 

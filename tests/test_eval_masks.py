@@ -141,7 +141,7 @@ def test_semantic_without_change_folder_uses_label_difference(tmp_path) -> None:
 
 def test_semantic_errors(tmp_path) -> None:
     pred, gt = _semantic_set(tmp_path)
-    with pytest.raises(ConfigError, match="num_classes"):
+    with pytest.raises(ConfigError, match="--num-classes"):
         eval_masks(pred, gt, task="semantic")
     write_png(pred / "label2" / "t.png", np.array(PR_B) + 3)
     with pytest.raises(LabelValueError, match=r"label2/t\.png.*\[3, 4, 5\]"):

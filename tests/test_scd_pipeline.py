@@ -95,11 +95,11 @@ def test_predict_writes_palette_class_maps(run: Path, semantic_root: Path, tmp_p
     assert main(["predict", "--ckpt", str(run / "model.ckpt"), "--a", str(val / "im1"), "--b", str(val / "im2"),
                  "--out", str(tmp_path / "pred"), "--tile", "64", "--overlap", "16"]) == 0
     stems = sorted(p.stem for p in (val / "im1").iterdir())
-    for stem in stems:
-        change = np.asarray(Image.open(tmp_path / "pred" / f"{stem}.png"))
+    for stem in stems:  # the layout eval-masks --task semantic reads: change/, label1/, label2/
+        change = np.asarray(Image.open(tmp_path / "pred" / "change" / f"{stem}.png"))
         assert set(np.unique(change).tolist()) <= {0, 255}
-        for key in ("sem_a", "sem_b"):
-            im = Image.open(tmp_path / "pred" / f"{stem}_{key}.png")
+        for key in ("label1", "label2"):
+            im = Image.open(tmp_path / "pred" / key / f"{stem}.png")
             assert im.mode == "P" and im.size == (64, 64)
             assert int(np.asarray(im).max()) < 5
             pal = np.asarray(im.getpalette()[:15]).reshape(5, 3)
@@ -121,10 +121,10 @@ def test_predict_on_geotiffs_writes_georeferenced_class_maps(run: Path, semantic
         write_geotiff(tmp_path / d / f"{stem}.tif", read_image(src), geo)
     assert main(["predict", "--ckpt", str(run / "model.ckpt"), "--a", str(tmp_path / "im1"), "--b",
                  str(tmp_path / "im2"), "--out", str(tmp_path / "pred"), "--tile", "64", "--overlap", "16"]) == 0
-    assert sorted(p.name for p in (tmp_path / "pred").iterdir()) == [f"{stem}.tif", f"{stem}_sem_a.tif",
-                                                                      f"{stem}_sem_b.tif"]
-    for key in ("sem_a", "sem_b"):
-        with rasterio.open(tmp_path / "pred" / f"{stem}_{key}.tif") as ds:
+    assert sorted(str(p.relative_to(tmp_path / "pred")) for p in (tmp_path / "pred").rglob("*.tif")) == [
+        f"change/{stem}.tif", f"label1/{stem}.tif", f"label2/{stem}.tif"]
+    for key in ("label1", "label2"):
+        with rasterio.open(tmp_path / "pred" / key / f"{stem}.tif") as ds:
             assert str(ds.crs) == "EPSG:32633" and ds.transform.a == 0.5
             assert int(ds.read(1).max()) < 5
             assert ds.colormap(1)[1][:3] == tuple(int(v) for v in PALETTE[1])

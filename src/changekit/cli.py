@@ -30,6 +30,9 @@ TileTags = Annotated[bool, typer.Option("--tile-tags", help="ChangeCLIP: tag eve
 ClipModel = Annotated[str, typer.Option(help="--tile-tags: open_clip model name")]
 ClipWeights = Annotated[Optional[Path], typer.Option(help="--tile-tags: local CLIP weights file")]
 ClipClasses = Annotated[Optional[Path], typer.Option(help="--tile-tags: class-name file (default: the 56)")]
+Threshold = Annotated[Optional[float], typer.Option(help="change probability above which a pixel is change, 0..1 "
+                                                         "[default: the checkpoint's trainer.threshold]")]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="replace existing outputs")]
 
 
 @app.command()
@@ -53,15 +56,18 @@ def test(
     data: Annotated[Optional[Path], typer.Option(help="labelled folder or list file (default: config's test)")] = None,
     batch_size: Annotated[Optional[int], typer.Option()] = None,
     no_report: Annotated[bool, typer.Option("--no-report")] = False,
+    threshold: Threshold = None, overwrite: Overwrite = False,
     tile_tags: TileTags = False, clip_model: ClipModel = "ViT-B-16", clip_weights: ClipWeights = None,
     clip_classes: ClipClasses = None,
 ) -> None:
     """Evaluate a checkpoint: OUT/metrics.json and OUT/report.html."""
+    from .engine.evaluate import format_test_summary
     from .engine.evaluate import test as _test
 
     res = _test(ckpt, out, data=data, batch_size=batch_size, report=not no_report, tile_tags=tile_tags,
-                clip_model=clip_model, clip_weights=clip_weights, clip_classes=clip_classes)
-    typer.echo(" ".join(f"{k}={res[k]:.4f}" for k in ("f1", "iou", "precision", "recall", "oa", "kappa")))
+                clip_model=clip_model, clip_weights=clip_weights, clip_classes=clip_classes, threshold=threshold,
+                overwrite=overwrite)
+    typer.echo(format_test_summary(res))
     typer.echo(f"metrics: {out / 'metrics.json'}")
 
 
@@ -72,22 +78,30 @@ def predict(
     b: Annotated[Path, typer.Option("--b", help="date-B image or folder")],
     out: Out,
     tile: int = 512, overlap: int = 64, batch_size: int = 4,
-    threshold: Annotated[Optional[float], typer.Option()] = None,
-    prob: Annotated[bool, typer.Option("--prob", help="also write probability maps")] = False,
-    overlay: Annotated[bool, typer.Option("--overlay", help="also write coloured overlays")] = False,
+    threshold: Threshold = None,
+    prob: Annotated[bool, typer.Option("--prob", help="also write probability maps (into OUT_prob/)")] = False,
+    overlay: Annotated[bool, typer.Option("--overlay", help="also write coloured overlays (into OUT_overlay/)")
+                       ] = False,
     device: Annotated[Optional[str], typer.Option()] = None,
     amp: Annotated[bool, typer.Option("--amp", help="autocast: bfloat16 on CPU, float16 on CUDA (faster, "
                                                     "results differ in the last digits)")] = False,
+    overwrite: Overwrite = False,
     tile_tags: TileTags = False, clip_model: ClipModel = "ViT-B-16", clip_weights: ClipWeights = None,
     clip_classes: ClipClasses = None,
 ) -> None:
-    """Write 0/255 change masks (PNG, or GeoTIFF keeping the CRS) named by stem."""
+    """Write 0/255 change masks (PNG, or GeoTIFF keeping the CRS) named by stem; --out FILE.png for one pair."""
+    from .engine.outputs import FILE_SUFFIXES, PredictionLayout
     from .engine.predict import predict as _predict
 
     files = _predict(ckpt, a, b, out, tile=tile, overlap=overlap, batch_size=batch_size, threshold=threshold,
                      save_prob=prob, save_overlay=overlay, device=device, amp=amp, tile_tags=tile_tags,
-                     clip_model=clip_model, clip_weights=clip_weights, clip_classes=clip_classes)
-    typer.echo(f"wrote {len(files)} mask(s) to {out}")
+                     clip_model=clip_model, clip_weights=clip_weights, clip_classes=clip_classes, overwrite=overwrite)
+    single = len(files) == 1 and out.suffix.lower() in FILE_SUFFIXES
+    typer.echo(f"wrote {len(files)} mask(s) to {files[0] if single else files[0].parent}")
+    extras = PredictionLayout.plan(out, len(files), False, prob, overlay).roots()
+    for key in ("prob", "overlay"):
+        if key in extras and extras[key].exists():
+            typer.echo(f"{key}: {extras[key]}")
 
 
 @app.command("eval-masks")
@@ -98,11 +112,13 @@ def eval_masks(
     task: Annotated[str, typer.Option(help="binary or semantic")] = "binary",
     num_classes: Annotated[Optional[int], typer.Option(help="semantic: number of classes")] = None,
     ignore_index: Annotated[int, typer.Option(help="semantic: ignore value of the class maps")] = 255,
+    overwrite: Overwrite = False,
 ) -> None:
     """Evaluate saved masks of any method against labels (matching stems)."""
     from .evaluation import eval_masks as _eval
 
-    res = _eval(pred, gt, out=out, task=task, num_classes=num_classes, ignore_index=ignore_index)
+    res = _eval(pred, gt, out=out, task=task, num_classes=num_classes, ignore_index=ignore_index,
+                overwrite=overwrite)
     typer.echo(json.dumps({k: v for k, v in res.items() if k != "confusion"}, indent=2, default=str))
 
 

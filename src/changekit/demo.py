@@ -55,10 +55,11 @@ def run_demo(out: str | Path = "demo_out", minutes: float = 3.0, seed: int = 0) 
 
         shutil.rmtree(run)
     result = train(demo_config(data, minutes, seed), run)
-    metrics = test(result["checkpoint"], out / "test", samples=8)
+    metrics = test(result["checkpoint"], out / "test", samples=8, overwrite=True)  # the demo owns its folders
 
     a_path, b_path, _ = synthesize_geotiff_pair(out / "scene", size=768, seed=seed + 99)
-    masks = predict(result["checkpoint"], a_path, b_path, out / "scene_prediction", tile=256, overlap=32)
+    masks = predict(result["checkpoint"], a_path, b_path, out / "scene_prediction", tile=256, overlap=32,
+                    overwrite=True)
     summary = dict(metrics)
     summary.update(report=str(out / "test" / "report.html"), scene_mask=str(masks[0]), checkpoint=result["checkpoint"])
     with atomic_path(out / "summary.txt") as tmp:

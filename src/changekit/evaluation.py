@@ -24,10 +24,14 @@ from .errors import (
     suggest,
 )
 from .metrics import BINARY_KEYS, ConfusionMatrix, SCDMetrics, binary_metrics
+from .safety import check_output
 
 logger = logging.getLogger(__name__)
 
 TASKS = ("binary", "semantic")
+#: Names of the binary change folder beside ``label1/`` and ``label2/`` (predict writes ``change/``; SECOND-layout
+#: data sets call it ``label/``).
+CHANGE_FOLDERS = ("change", "label")
 _PALETTE_SUFFIXES = (".png", ".bmp", ".gif")
 
 
@@ -113,7 +117,7 @@ def read_class_map(path: Path) -> np.ndarray:
 def _check_size(a: np.ndarray, b: np.ndarray, path_a: Path, path_b: Path) -> None:
     if a.shape[:2] != b.shape[:2]:
         raise SizeMismatchError(
-            f"{path_a} is {a.shape[1]}x{a.shape[0]} but {path_b} is {b.shape[1]}x{b.shape[0]} (width x height)"
+            f"{path_a} is {a.shape[0]} x {a.shape[1]} but {path_b} is {b.shape[0]} x {b.shape[1]} (H x W)"
         )
 
 
@@ -130,17 +134,22 @@ def eval_masks(
     task: str = "binary",
     num_classes: int | None = None,
     ignore_index: int = 255,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Score saved prediction masks against ground-truth labels, paired by file stem.
 
     Args:
         pred_dir: ``binary``: predicted masks (0/255 or 0/1). ``semantic``: folder with ``label1/``,
-            ``label2/`` (class-index maps) and optionally ``change/`` (0/255 or 0/1).
-        gt_dir: the same layout for the ground truth (binary labels as in :func:`read_binary_label`).
-        out: JSON file written atomically with the result, if given.
+            ``label2/`` (class-index maps) and optionally ``change/`` (0/255 or 0/1): the layout ``changekit
+            predict`` writes for semantic models.
+        gt_dir: the same layout for the ground truth (binary labels as in :func:`read_binary_label`); the change
+            folder may also be called ``label/`` (the SECOND layout ``im1 im2 label1 label2 label``).
+        out: JSON file written atomically with the result, if given; it may not lie in ``pred_dir`` or
+            ``gt_dir``, and an existing one needs ``overwrite``.
         task: ``"binary"`` or ``"semantic"``.
         num_classes: semantic only (required): the number of land-cover classes C.
         ignore_index: semantic only: the class-map ignore value (outside ``[0, C)``).
+        overwrite: replace an existing ``out``.
 
     Returns:
         ``binary``: ``precision``, ``recall``, ``f1``, ``iou``, ``oa``, ``kappa``, ``confusion``,
@@ -149,13 +158,15 @@ def eval_masks(
     """
     pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
     if task not in TASKS:
-        raise ConfigError(f"task: unknown task '{task}'{suggest(task, TASKS)}; choose one of {', '.join(TASKS)}")
+        raise ConfigError(f"--task: unknown task '{task}'{suggest(task, TASKS)}; choose one of {', '.join(TASKS)}")
+    if task == "semantic" and num_classes is None:
+        raise ConfigError("--num-classes: required with --task semantic (the number of land-cover classes)")
+    if out is not None:
+        check_output(out, inputs=[pred_dir, gt_dir], overwrite=overwrite)
     if task == "binary":
         result = _eval_binary(pred_dir, gt_dir)
     else:
-        if num_classes is None:
-            raise ConfigError("num_classes: required for task 'semantic' (the number of land-cover classes)")
-        result = _eval_semantic(pred_dir, gt_dir, int(num_classes), int(ignore_index))
+        result = _eval_semantic(pred_dir, gt_dir, int(num_classes), int(ignore_index))  # type: ignore[arg-type]
     if out is not None:
         _write_json(out, result)
     return result
@@ -178,12 +189,14 @@ def _eval_binary(pred_dir: Path, gt_dir: Path) -> dict[str, Any]:
 
 
 def _semantic_folders(root: Path) -> dict[str, dict[str, Path]]:
-    folders = {"label1": list_masks(root / "label1"), "label2": list_masks(root / "label2")}
-    if (root / "change").is_dir():
-        folders["change"] = list_masks(root / "change")
+    change = [root / name for name in CHANGE_FOLDERS if (root / name).is_dir()]
+    if len(change) > 1:
+        raise PairingError(f"{root}: holds both {change[0].name}/ and {change[1].name}/; keep one change folder")
+    dirs = {"label1": root / "label1", "label2": root / "label2", **({"change": change[0]} if change else {})}
+    folders = {name: list_masks(folder) for name, folder in dirs.items()}
     for name in ("label2", "change"):
         if name in folders:
-            _pair(folders[name], folders["label1"], root / name, root / "label1")
+            _pair(folders[name], folders["label1"], dirs[name], dirs["label1"])
     return folders
 
 

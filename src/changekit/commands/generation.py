@@ -47,9 +47,16 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
         steps: Annotated[Optional[int], typer.Option(help="DDIM steps")] = None,
         area: Annotated[Optional[tuple[float, float]], typer.Option(
             help="changed-area fraction range [default: 0.05 0.3, or the --edits file's]")] = None,
-        edits: Annotated[Optional[Path], typer.Option(help="YAML: area_fraction, ops, transitions, ...")] = None,
+        edits: Annotated[Optional[Path], typer.Option(help="YAML: area_fraction, ops, transitions, retries, ...")
+                         ] = None,
+        overwrite: Annotated[bool, typer.Option("--overwrite", help="write into an existing non-empty folder")
+                             ] = False,
     ) -> None:
-        """Write a change data set (A|B|label + label1|label2 + records/) from edited class maps."""
+        """Write a change data set (A|B|label + label1|label2 + records/) from edited class maps.
+
+        Pairs whose edits all failed are redrawn (``retries`` in --edits, default 3); any left without change
+        are counted on a warning line and listed in generation.yaml. No change at all: error, nothing written.
+        """
         from ..config import yaml_load
         from ..errors import ConfigError, DatasetNotFoundError
         from ..generation.edits import EditConfig
@@ -68,8 +75,13 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
         if area is not None:
             kwargs["area_fraction"] = tuple(area)
         generate_dataset(generator, masks, out, n, seed=seed, images=images, size=size,
-                         edits=EditConfig(**kwargs), strength=strength, guidance=guidance, steps=steps)
-        typer.echo(f"wrote {n} pairs to {out}")
+                         edits=EditConfig(**kwargs), strength=strength, guidance=guidance, steps=steps,
+                         overwrite=overwrite)
+        empty = int(yaml_load((out / "generation.yaml").read_text()).get("pairs_without_change", 0))
+        if empty:
+            typer.echo(f"warning: {empty} of {n} pairs have no change (their edits all failed); their stems are "
+                       f"listed in {out / 'generation.yaml'}", err=True)
+        typer.echo(f"wrote {n} pairs to {out} ({n - empty} with change)")
 
     @data_app.command("fewshot")
     def data_fewshot(

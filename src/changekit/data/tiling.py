@@ -276,6 +276,40 @@ def _load_manifest(tile_dir: Path, tiles_json: str | Path | None) -> dict[str, A
     return manifest
 
 
+def owned_extents(starts: Sequence[int], length: int, size: int) -> list[int]:
+    """Pixels from its start that each tile alone counts along one axis: up to the next tile's start.
+
+    ClearSCD's edge rule shifts the last tile inwards, so it overlaps its neighbour; evaluating every tile whole
+    would count the overlap twice. With these extents every pixel of ``[0, length)`` that a tile covers is
+    counted exactly once (pixels of a stride larger than ``size`` stay uncounted, as they are untiled).
+    """
+    starts = sorted(int(s) for s in starts)
+    ends = [*starts[1:], int(length)]
+    return [min(end, s + int(size), int(length)) - s for s, end in zip(starts, ends)]
+
+
+def tile_ownership(folder: str | Path) -> dict[str, tuple[int, int]] | None:
+    """For a folder written by :func:`tile_folder`: tile stem -> ``(rows, cols)`` of the tile's top-left block
+    that it alone counts (see :func:`owned_extents`); ``None`` when ``folder`` holds no ``tiles.json``."""
+    folder = Path(folder)
+    if not (folder / TILES_JSON).is_file():
+        return None
+    manifest = _load_manifest(folder, folder / TILES_JSON)
+    try:
+        size_h, size_w = _pair(manifest["size"], "size")
+    except (KeyError, ConfigError):
+        raise ConfigError(f"{folder / TILES_JSON}: no valid tile 'size'; rewrite the tiles with `changekit data "
+                          "tile`") from None
+    owned: dict[str, tuple[int, int]] = {}
+    for stem, entry in manifest["sources"].items():
+        rows, cols = sorted(entry["rows"]), sorted(entry["cols"])
+        hs = owned_extents(rows, entry["height"], size_h)
+        ws = owned_extents(cols, entry["width"], size_w)
+        for (r, h), (c, w) in product(zip(rows, hs), zip(cols, ws)):
+            owned[f"{stem}_{r}_{c}"] = (h, w)
+    return owned
+
+
 def merge_tiles(tile_dir: str | Path, out: str | Path, tiles_json: str | Path | None = None,
                 mode: Literal["mean", "vote"] = "mean", rule: Literal["majority", "changeclip"] = "majority",
                 overwrite: bool = False) -> list[Path]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -10,14 +11,15 @@ import numpy as np
 import torch
 
 from ..data.discover import pair_folders
-from ..data.io import atomic_dir, read_image, write_png
-from ..errors import DatasetNotFoundError, PairingError, SizeMismatchError
+from ..data.io import atomic_dir, atomic_path, read_image, write_image, write_png
+from ..errors import CheckpointError, ConfigError, DatasetNotFoundError, PairingError, SizeMismatchError
 from ..inference.scene import predict_scene
 from ..inference.sliding import sliding_window_predict
+from ..safety import check_output, removes_new_folders
 from .checkpoint import load_checkpoint
+from .outputs import GEO_SUFFIXES, PredictionLayout, mask_suffix
 
 log = logging.getLogger(__name__)
-GEO_SUFFIXES = (".tif", ".tiff")
 
 
 def pair_inputs(a: str | Path, b: str | Path) -> list[tuple[str, Path, Path]]:
@@ -56,75 +58,123 @@ def predict(
     ckpt: str | Path, a: str | Path, b: str | Path, out: str | Path, tile: int = 512, overlap: int = 64,
     batch_size: int = 4, threshold: float | None = None, save_prob: bool = False, save_overlay: bool = False,
     device: str | None = None, amp: bool = False, tile_tags: bool = False, clip_model: str = "ViT-B-16",
-    clip_weights: str | Path | None = None, clip_classes: str | Path | None = None,
+    clip_weights: str | Path | None = None, clip_classes: str | Path | None = None, overwrite: bool = False,
 ) -> list[Path]:
-    """Write a 0/255 change mask per pair into ``out`` (named by stem; GeoTIFF in, GeoTIFF out).
+    """Write a 0/255 change mask per pair (GeoTIFF in, GeoTIFF out); returns the mask files.
 
-    Optional outputs: ``<stem>_prob.png`` (probability x 255) and ``<stem>_overlay.png`` (changes in red on B).
-    Semantic models also write ``<stem>_sem_a.png`` and ``<stem>_sem_b.png``: both dates' class maps as palette
-    PNGs (pixel value = class index, colours from the run's class table; see :func:`semantic_palette`); for
-    GeoTIFF inputs ``<stem>_sem_a.tif`` / ``<stem>_sem_b.tif`` with the scene's georeferencing and a colour table.
+    Where every file goes is decided in :mod:`changekit.engine.outputs`: a folder ``out`` holds only masks
+    (``eval-masks --pred OUT`` scores it; semantic models write ``OUT/change``, ``OUT/label1``, ``OUT/label2``,
+    which ``eval-masks --task semantic`` reads), ``save_prob`` / ``save_overlay`` go to the sibling folders
+    ``OUT_prob`` / ``OUT_overlay``; ``out`` ending in ``.png``/``.tif`` names the one pair's mask file. Class maps
+    are palette PNGs (pixel value = class index, colours from the run's class table; see
+    :func:`semantic_palette`), or GeoTIFFs with a colour table for GeoTIFF inputs. Overlays are drawn for PNG
+    inputs only (a warning says so for GeoTIFF scenes).
+
+    ``threshold`` (default: the checkpoint's ``trainer.threshold``) turns change probabilities into the mask.
     ``amp`` runs the model under autocast (bfloat16 on CPU, float16 on CUDA); probabilities are accumulated in
-    float32. The whole folder appears only when every pair is done.
+    float32. Outputs that are, contain or lie inside an input are refused, existing ones need ``overwrite``;
+    everything is written under temporary names and appears only when every pair is done.
 
     Models that take CLIP tags (ChangeCLIP) read them from the tag files beside the inputs (``changekit
     clip-tag``), or, with ``tile_tags``, tag every tile with CLIP (``clip_model`` with local ``clip_weights``,
     ``clip_classes`` or the bundled 56 names; the seed's ``mm_slide`` mode): see
     :class:`~changekit.clip_tags.TileTagger`.
+
+    Raises:
+        OutputError: an output overlaps an input, exists without ``overwrite``, or cannot be written.
+        ConfigError: ``threshold`` is outside [0, 1].
     """
+    if threshold is not None and not 0.0 <= float(threshold) <= 1.0:
+        raise ConfigError(f"--threshold: must be within [0, 1], got {threshold:g}")
     pairs = pair_inputs(a, b)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model, cfg = load_checkpoint(ckpt, map_location=dev)
+    semantic = getattr(model, "task", "binary") == "semantic"
+    layout = PredictionLayout.plan(out, len(pairs), semantic, save_prob, save_overlay)
+    geo = [stem for stem, fa, _ in pairs if fa.suffix.lower() in GEO_SUFFIXES]
+    roots = layout.roots(with_overlay=len(geo) < len(pairs))
+    for path in roots.values():
+        check_output(path, inputs=[a, b, ckpt], overwrite=overwrite)
+    if save_overlay and geo:
+        log.warning("--overlay: not drawn for GeoTIFF inputs (%d pair(s), e.g. %s); view the mask over the scene "
+                    "in a GIS instead", len(geo), geo[0])
     thr = float(cfg["trainer"]["threshold"] if threshold is None else threshold)
-    mean, std = cfg["data"]["mean"], cfg["data"]["std"]
-    palette = semantic_palette(cfg, int(getattr(model, "num_classes", 0))) \
-        if getattr(model, "task", "binary") == "semantic" else None
-    takes_tags = "tags_a" in getattr(model, "extra_inputs", ())
+    palette = semantic_palette(cfg, int(getattr(model, "num_classes", 0))) if semantic else None
     tagger: Any = None
     if tile_tags:
         from ..clip_tags import TileTagger
 
         tagger = TileTagger.for_run(cfg, model, ckpt, clip_model, clip_weights, clip_classes, dev)
+    run = _PairRunner(model, cfg, dev, thr, palette, tile, overlap, batch_size, amp, tagger)
     written: list[Path] = []
-    out = Path(out)
-    with atomic_dir(out) as tmp:
+    with removes_new_folders(*roots.values()), contextlib.ExitStack() as stack:
+        writer = atomic_path if layout.single_file else atomic_dir
+        tmp_roots = {k: stack.enter_context(writer(p)) for k, p in roots.items()}
         for stem, fa, fb in pairs:
-            extras = None
-            if takes_tags and tagger is None:  # ChangeCLIP: each date's CLIP tags from the tag files
-                from ..data.tags import pair_extras
-
-                t = cfg["data"].get("tags") or {}
-                extras = pair_extras(fa, fb, t.get("suffix", "clipcls_56_vit16"), t.get("top_k", 9),
-                                     bool(t.get("allow_missing")))
-            if fa.suffix.lower() in GEO_SUFFIXES:
-                sem = {f"{k}_path": tmp / f"{stem}_{k}.tif" for k in ("sem_a", "sem_b")} if palette is not None else {}
-                predict_scene(model, fa, fb, tmp / f"{stem}.tif", tile=tile, overlap=overlap, batch_size=batch_size,
-                              threshold=thr, write_prob=(tmp / f"{stem}_prob.tif") if save_prob else None,
-                              mean=mean, std=std, device=dev, extras=extras, palette=palette, amp=amp,
-                              tile_extras=tagger, **sem)
-                written.append(out / f"{stem}.tif")
-                continue
-            ia, ib = read_image(fa), read_image(fb)
-            if ia.shape != ib.shape:
-                raise SizeMismatchError(f"{fa} ({ia.shape[1]}x{ia.shape[0]}x{ia.shape[2]}) and {fb} "
-                                        f"({ib.shape[1]}x{ib.shape[0]}x{ib.shape[2]}) differ in size or bands")
-            res: dict[str, Any] = sliding_window_predict(
-                model, _normalise(ia, mean, std), _normalise(ib, mean, std), tile=tile, overlap=overlap,
-                batch_size=batch_size, device=dev, extras=extras, amp=amp, tile_extras=tagger)
-            prob = res["change"] if isinstance(res, dict) else res
-            prob = prob.cpu().numpy() if torch.is_tensor(prob) else np.asarray(prob)
-            mask = (prob > thr).astype(np.uint8) * 255
-            write_png(tmp / f"{stem}.png", mask)
-            if palette is not None and isinstance(res, dict) and "sem_a" in res:
-                for key in ("sem_a", "sem_b"):
-                    classes = res[key].argmax(0).to(torch.uint8).cpu().numpy()
-                    write_png(tmp / f"{stem}_{key}.png", classes, palette=palette)
-            if save_prob:
-                write_png(tmp / f"{stem}_prob.png", np.round(prob * 255).astype(np.uint8))
-            if save_overlay:
-                from ..report import overlay_on_image
-
-                write_png(tmp / f"{stem}_overlay.png", overlay_on_image(ib[:, :, :3], mask > 0))
-            written.append(out / f"{stem}.png")
+            suffix = layout.out.suffix if layout.single_file else mask_suffix(fa)
+            run(stem, fa, fb, layout.files(stem, suffix, tmp_roots))
+            written.append(layout.files(stem, suffix, roots)["mask"])
             log.info("predicted %s", stem)
+    log.info("wrote %s", layout.describe(roots))
     return written
+
+
+class _PairRunner:
+    """Predicts one pair and writes its files (the paths come from :class:`PredictionLayout`)."""
+
+    def __init__(self, model: torch.nn.Module, cfg: dict[str, Any], device: torch.device, threshold: float,
+                 palette: np.ndarray | None, tile: int, overlap: int, batch_size: int, amp: bool,
+                 tagger: Any) -> None:
+        self.model, self.cfg, self.device, self.thr, self.palette = model, cfg, device, threshold, palette
+        self.window = dict(tile=tile, overlap=overlap, batch_size=batch_size, amp=amp, tile_extras=tagger)
+        self.takes_tags = "tags_a" in getattr(model, "extra_inputs", ()) and tagger is None
+
+    def __call__(self, stem: str, fa: Path, fb: Path, files: dict[str, Path]) -> None:
+        extras = None
+        if self.takes_tags:  # ChangeCLIP: each date's CLIP tags from the tag files
+            from ..data.tags import pair_extras
+
+            t = self.cfg["data"].get("tags") or {}
+            extras = pair_extras(fa, fb, t.get("suffix", "clipcls_56_vit16"), t.get("top_k", 9),
+                                 bool(t.get("allow_missing")))
+        mean, std = self.cfg["data"]["mean"], self.cfg["data"]["std"]
+        if fa.suffix.lower() in GEO_SUFFIXES:
+            predict_scene(self.model, fa, fb, files["mask"], threshold=self.thr, write_prob=files.get("prob"),
+                          mean=mean, std=std, device=self.device, extras=extras, palette=self.palette,
+                          sem_a_path=files.get("sem_a"), sem_b_path=files.get("sem_b"), **self.window)
+            return
+        ia, ib = read_image(fa), read_image(fb)
+        if ia.shape != ib.shape:
+            raise SizeMismatchError(f"{fa} is {_hwc(ia)} but {fb} is {_hwc(ib)} (H x W x C); the two dates must "
+                                    "match in size and bands")
+        res: dict[str, Any] = sliding_window_predict(
+            self.model, _normalise(ia, mean, std), _normalise(ib, mean, std), device=self.device, extras=extras,
+            **self.window)
+        prob = res["change"] if isinstance(res, dict) else res
+        prob = prob.cpu().numpy() if torch.is_tensor(prob) else np.asarray(prob)
+        mask = (prob > self.thr).astype(np.uint8) * 255
+        write_image(files["mask"], mask)
+        if self.palette is not None:
+            if not (isinstance(res, dict) and "sem_a" in res):
+                raise CheckpointError(f"{fa}: the semantic model returned no class maps")
+            for key in ("sem_a", "sem_b"):
+                classes = res[key].argmax(0).to(torch.uint8).cpu().numpy()
+                _write_class_map(files[key], classes, self.palette)
+        if "prob" in files:
+            write_image(files["prob"], np.round(prob * 255).astype(np.uint8))
+        if "overlay" in files:
+            from ..report import overlay_on_image
+
+            write_png(files["overlay"], overlay_on_image(ib[:, :, :3], mask > 0))
+
+
+def _hwc(img: np.ndarray) -> str:
+    return " x ".join(str(int(v)) for v in img.shape)
+
+
+def _write_class_map(path: Path, classes: np.ndarray, palette: np.ndarray) -> None:
+    """A palette PNG, or a GeoTIFF (no georeferencing: PNG input) for ``.tif`` paths."""
+    if path.suffix.lower() in GEO_SUFFIXES:
+        write_image(path, classes)
+    else:
+        write_png(path, classes, palette=palette)

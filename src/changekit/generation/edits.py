@@ -43,6 +43,7 @@ class EditConfig:
             weight 1. Unlisted pairs are forbidden.
         min_object_pixels: smaller components are not edited (speckle).
         max_attempts: proposals tried per map before giving up on the target.
+        retries: ``generate`` only: fresh draws (crop, donors, edits) of a pair whose edits all failed.
     """
 
     area_fraction: tuple[float, float] = (0.05, 0.3)
@@ -50,12 +51,17 @@ class EditConfig:
     transitions: Mapping[Any, Mapping[Any, float]] | None = None
     min_object_pixels: int = 16
     max_attempts: int = 60
+    retries: int = 3
 
     def __post_init__(self) -> None:
         lo, hi = (float(v) for v in self.area_fraction)
         if not 0.0 <= lo <= hi <= 1.0:
-            raise ConfigError(f"area_fraction: expected 0 <= low <= high <= 1, got {self.area_fraction}")
+            raise ConfigError(f"area_fraction (--area): expected 0 <= low <= high <= 1, got {lo:g} {hi:g}")
         self.area_fraction = (lo, hi)
+        for key, low in (("min_object_pixels", 0), ("max_attempts", 1), ("retries", 0)):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+                raise ConfigError(f"{key}: expected an integer >= {low}, got {value!r}")
         unknown = set(self.ops) - set(OPS)
         if unknown or not any(float(w) > 0 for w in self.ops.values()):
             raise ConfigError(f"ops: expected positive weights for some of {OPS}, got {dict(self.ops)}")

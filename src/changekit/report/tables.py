@@ -21,6 +21,8 @@ BINARY_KEYS = ("precision", "recall", "f1", "iou", "oa", "kappa")
 #: Metrics given as fractions and shown as percentages (matched on the part after the last '/').
 PERCENT_KEYS = frozenset(BINARY_KEYS) | {"miou", "mf1", "sek", "fscd", "score", "acc", "accuracy"}
 HEADLINE_KEYS = ("f1", "iou", "kappa", "oa", "miou", "sek", "fscd", "score")
+#: Cards of a semantic-change evaluation: SeK, Fscd and mIoU (SECOND protocol) before the binary F1.
+SEMANTIC_HEADLINE_KEYS = ("sek", "fscd", "miou_scd", "f1")
 _PRETTY = {
     "precision": ("Precision", "TP / (TP + FP): share of detected change that is real"),
     "recall": ("Recall", "TP / (TP + FN): share of real change that is detected"),
@@ -32,6 +34,7 @@ _PRETTY = {
     "mf1": ("mF1", "mean F1 over classes"),
     "sek": ("SeK", "separated kappa of semantic change"),
     "fscd": ("Fscd", "F1 of semantic change"),
+    "miou_scd": ("mIoU", "mean of the no-change and change IoU (SECOND protocol)"),
     "score": ("Score", "combined score"),
     "loss": ("Loss", "mean loss"),
 }
@@ -105,9 +108,11 @@ def split_metrics(metrics: Mapping[str, object]) -> tuple[dict[str, float], dict
 
 
 def headline_cards(scalars: Mapping[str, float]) -> str:
-    """Up to four big numbers (F1, IoU, kappa, OA or their semantic counterparts) for a first glance."""
+    """Up to four big numbers for a first glance: F1, IoU, kappa, OA, or SeK, Fscd, mIoU, F1 when the metrics
+    hold semantic-change figures."""
     picked: list[str] = []
-    for wanted in HEADLINE_KEYS:
+    semantic = any(base_key(k) == "sek" for k in scalars)
+    for wanted in SEMANTIC_HEADLINE_KEYS if semantic else HEADLINE_KEYS:
         picked += [k for k in scalars if base_key(k) == wanted and k not in picked][:1]
     cards = [
         f'<div class="card"><div class="card-value">{fmt_value(k, scalars[k])}'
@@ -236,7 +241,13 @@ def _area_unit(max_area_m2: float) -> tuple[str, float]:
 def transition_table(
     transitions: object, class_names: Sequence[str], palette: np.ndarray | None, pixel_area: float | None
 ) -> str:
-    """From-to matrix (rows: class at date A, columns: class at date B) with pixel counts and areas."""
+    """From-to matrix of the pixels the model marks as changed, with pixel counts and areas.
+
+    ``transitions[i, j]`` counts the pixels whose change map says "changed" and whose predicted class is ``i``
+    at date A and ``j`` at date B (``changekit.engine.evaluate.predicted_transitions``: only pixels labelled at
+    both dates are scored). Pixels predicted unchanged are not in the table; a diagonal cell holds pixels marked
+    changed although both dates got the same class.
+    """
     tm = _square_counts(transitions, "transitions")
     if pixel_area is not None and not (pixel_area > 0 and math.isfinite(pixel_area)):
         raise ValueError(f"pixel_area must be a positive number of square metres, got {pixel_area}")
@@ -265,14 +276,18 @@ def transition_table(
             f"{cell(tm[i].sum(), 'total')}</tr>"
         )
     totals = "".join(cell(v, "total") for v in tm.sum(axis=0))
-    summary = f"Changed pixels (off-diagonal): <b>{_count(changed)}</b>"
+    summary = (f"Pixels the model marks as changed, by predicted class at date A (rows) and date B (columns); "
+               f"only pixels labelled at both dates are counted, pixels predicted unchanged are not. "
+               f"Marked changed: <b>{_count(tm.sum())}</b>, of which with a change of class (off-diagonal): "
+               f"<b>{_count(changed)}</b>")
     if pixel_area:
         summary += (
             f" &middot; area <b>{changed * pixel_area:,.0f}&#8239;m&sup2;</b>"
             f" = <b>{changed * pixel_area * 1e-4:,.2f}&#8239;ha</b> (pixel area {pixel_area:g}&#8239;m&sup2;)"
         )
     return (
-        f'<p class="muted">{summary}. Grey diagonal cells are unchanged pixels.</p>'
+        f'<p class="muted">{summary}. Grey diagonal cells: marked changed, yet the same class predicted at both '
+        "dates.</p>"
         '<table class="matrix transitions"><thead><tr><th class="corner">date A &darr; / date B &rarr;</th>'
         f'{head}<th>total</th></tr></thead><tbody>{"".join(rows)}'
         f'<tr class="totals"><th scope="row">total</th>{totals}{cell(tm.sum(), "total")}</tr></tbody></table>'
