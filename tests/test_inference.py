@@ -292,7 +292,7 @@ def test_crs_mismatch_names_both_files_and_crss(tmp_path: Any) -> None:
 
 def test_size_and_transform_mismatch(tmp_path: Any) -> None:
     pa, pb, _, _ = _write_pair(tmp_path, h=40, w=40, hw_b=(40, 41))
-    with pytest.raises(SizeMismatchError, match="40x41.*reproject B onto A's grid first"):
+    with pytest.raises(SizeMismatchError, match="40 x 41 pixels \(H x W\).*reproject B onto A's grid first"):
         predict_scene(Pointwise(), pa, pb, tmp_path / "m.tif", tile=32, overlap=8)
     shifted = GeoInfo(crs=GEO.crs, transform=Affine(10.0, 0.0, 500005.0, 0.0, -10.0, 5000000.0))
     pa, pb, _, _ = _write_pair(tmp_path, h=40, w=40, geo_b=shifted)

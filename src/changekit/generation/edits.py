@@ -61,7 +61,7 @@ class EditConfig:
         for key, low in (("min_object_pixels", 0), ("max_attempts", 1), ("retries", 0)):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-                raise ConfigError(f"{key}: expected an integer >= {low}, got {value!r}")
+                raise ConfigError(f"{key}: expected an integer >= {low}, got {value}")
         unknown = set(self.ops) - set(OPS)
         if unknown or not any(float(w) > 0 for w in self.ops.values()):
             raise ConfigError(f"ops: expected positive weights for some of {OPS}, got {dict(self.ops)}")

@@ -141,7 +141,7 @@ def generate_dataset(
         GenerationError: no change in any of the first pairs.
     """
     if isinstance(n, bool) or int(n) < 1:
-        raise ConfigError(f"--n: expected a positive integer, got {n!r}")
+        raise ConfigError(f"--n: expected a positive integer, got {n}")
     out = Path(out)
     inputs = [masks, images, None if isinstance(generator, Generator) else generator]
     check_output(out, inputs=inputs, overwrite=overwrite)
