@@ -162,7 +162,7 @@ def eval_masks(
     if task == "semantic" and num_classes is None:
         raise ConfigError("--num-classes: required with --task semantic (the number of land-cover classes)")
     if out is not None:
-        check_output(out, inputs=[pred_dir, gt_dir], overwrite=overwrite)
+        check_output(out, inputs=[pred_dir, gt_dir], overwrite=overwrite, kind="file")
     if task == "binary":
         result = _eval_binary(pred_dir, gt_dir)
     else:

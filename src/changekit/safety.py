@@ -59,6 +59,7 @@ def check_output(
     overwrite: bool = False,
     allow_existing_empty_dir: bool = True,
     what: str = "output",
+    kind: str | None = None,
 ) -> Path:
     """Validate an output path before a command starts working; returns it as a ``Path``.
 
@@ -68,6 +69,8 @@ def check_output(
         overwrite: allow replacing an existing ``out`` (the user's ``--overwrite``).
         allow_existing_empty_dir: an existing empty folder counts as new.
         what: the word used in messages (``"output"``, ``"run folder"``...).
+        kind: ``"file"`` or ``"folder"``: an existing ``out`` of the other kind is refused, even with
+            ``overwrite`` (a file is never replaced by a folder, nor a folder by a file).
 
     Raises:
         OutputError: one line naming ``out`` and the problem.
@@ -80,6 +83,9 @@ def check_output(
         raise OutputError(f"{out}: the {what} {relation} the input {clash}; choose an --out apart from the inputs")
     if out.is_symlink() and not out.exists():
         raise OutputError(f"{out}: the {what} is a broken symbolic link")
+    if kind is not None and out.exists() and out.is_dir() != (kind == "folder"):
+        found = "folder" if out.is_dir() else "file"
+        raise OutputError(f"{out}: is a {found}, but the {what} is a {kind}; choose another --out")
     if out.exists() and not overwrite:
         if out.is_dir():
             try:

@@ -127,7 +127,8 @@ def test_predict_into_a_read_only_folder(ws: Path, capsys: pytest.CaptureFixture
         import changekit.safety as safety
 
         real = os.access
-        monkeypatch.setattr(safety.os, "access", lambda p, mode: False if Path(p) == ro else real(p, mode))
+        monkeypatch.setattr(safety.os, "access",
+                            lambda p, mode, **kw: False if Path(p) == ro else real(p, mode, **kw))
     try:
         line = _refused(capsys, ws, _predict(ws, ro / "pred"), f"{ro / 'pred'}", watch=(ro,))
         assert "read-only" in line
@@ -244,3 +245,19 @@ def test_generate_over_a_finished_set_needs_overwrite(ws: Path, capsys: pytest.C
     (ws / "ca_set" / "generation.yaml").write_text("n: 5\n")
     args = ["generate", "--generator", ws / "gen", "--masks", ws / "data" / "label", "--out", ws / "ca_set"]
     assert "--overwrite" in _refused(capsys, ws, args, f"{ws / 'ca_set'}")
+
+
+# --------------------------------------------------------------------------------------------- file vs folder
+def test_predict_folder_output_over_an_existing_file_even_with_overwrite(ws: Path, capsys: pytest.CaptureFixture
+                                                                         ) -> None:
+    (ws / "results").write_text("a file the user keeps")
+    line = _refused(capsys, ws, _predict(ws, ws / "results", "--overwrite"), f"{ws / 'results'}")
+    assert "is a file" in line
+
+
+def test_eval_masks_json_over_an_existing_folder_even_with_overwrite(ws: Path, capsys: pytest.CaptureFixture
+                                                                    ) -> None:
+    (ws / "m.json").mkdir()
+    labels = ws / "data" / "label"
+    args = ["eval-masks", "--pred", labels, "--gt", labels, "--out", ws / "m.json", "--overwrite"]
+    assert "is a folder" in _refused(capsys, ws, args, f"{ws / 'm.json'}")

@@ -130,7 +130,8 @@ def test(
         cfg["data"]["root"] = str(root) if root is not None else None
     if cfg["data"]["test"] is None:
         raise ConfigError(f"{ckpt}: its config has no test split; pass --data DIR")
-    out = check_output(out, inputs=[ckpt, cfg["data"]["test"], cfg["data"].get("root")], overwrite=overwrite)
+    out = check_output(out, inputs=[ckpt, cfg["data"]["test"], cfg["data"].get("root")], overwrite=overwrite,
+                       kind="folder")
     if threshold is not None:
         cfg["trainer"]["threshold"] = float(threshold)
     if batch_size:

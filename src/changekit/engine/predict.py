@@ -94,7 +94,7 @@ def predict(
     geo = [stem for stem, fa, _ in pairs if fa.suffix.lower() in GEO_SUFFIXES]
     roots = layout.roots(with_overlay=len(geo) < len(pairs))
     for path in roots.values():
-        check_output(path, inputs=[a, b, ckpt], overwrite=overwrite)
+        check_output(path, inputs=[a, b, ckpt], overwrite=overwrite, kind="file" if layout.single_file else "folder")
     if save_overlay and geo:
         log.warning("--overlay: not drawn for GeoTIFF inputs (%d pair(s), e.g. %s); view the mask over the scene "
                     "in a GIS instead", len(geo), geo[0])

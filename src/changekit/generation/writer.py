@@ -27,7 +27,7 @@ import numpy as np
 import yaml
 
 from ..data.io import atomic_dir, write_png
-from ..errors import ChangekitError, ConfigError, LabelValueError, OutputError
+from ..errors import ChangekitError, ConfigError, LabelValueError
 from ..safety import check_output, removes_new_folders
 from .edits import EditConfig, simulate_change
 from .model import Generator
@@ -144,9 +144,7 @@ def generate_dataset(
         raise ConfigError(f"--n: expected a positive integer, got {n}")
     out = Path(out)
     inputs = [masks, images, None if isinstance(generator, Generator) else generator]
-    check_output(out, inputs=inputs, overwrite=overwrite)
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"{out}: is a file; --out names the new data set folder")
+    check_output(out, inputs=inputs, overwrite=overwrite, kind="folder")
     gen = generator if isinstance(generator, Generator) else Generator.load(generator)
     edits = edits or EditConfig()
     pairs = load_pairs(images, masks)
