@@ -47,7 +47,7 @@ def test_image_size_mismatch_names_both_files(tmp_path: Path) -> None:
         validate_pairs(discover_pairs(tmp_path), check_values=False)
     msg = str(err.value)
     assert str(tmp_path / "A" / "001.png") in msg and str(tmp_path / "B" / "001.png") in msg
-    assert "24x24" in msg
+    assert "24 x 24 x 3 (B)" in msg
 
 
 def test_label_size_and_channel_mismatch(tmp_path: Path) -> None:
@@ -57,10 +57,10 @@ def test_label_size_and_channel_mismatch(tmp_path: Path) -> None:
     with pytest.raises(SizeMismatchError) as err:
         validate_pairs(discover_pairs(tmp_path))
     msg = str(err.value)
-    assert "3 channel(s) but" in msg and "has 1" in msg and str(tmp_path / "B" / "000.png") in msg
+    assert "3 band(s) but" in msg and "has 1" in msg and str(tmp_path / "B" / "000.png") in msg
     assert "1 more problem" in msg
     recs = discover_pairs(tmp_path)[2:]
-    with pytest.raises(SizeMismatchError, match=r"002.png is 16x16"):
+    with pytest.raises(SizeMismatchError, match=r"002.png is 16 x 16 \(label\)"):
         validate_pairs(recs)
 
 
@@ -136,12 +136,12 @@ def test_check_summary_values(tmp_path: Path) -> None:
     expected_ratio = sum((lab == 255).sum() for lab in labels) / (3 * SIZE * SIZE + 40 * 40)
     s = check_dataset(tmp_path)
     assert (s["pairs"], s["layout"], s["problems"]) == (4, "A|B|label", [])
-    assert s["sizes"] == {"32x32": 3, "40x40": 1}
+    assert s["sizes"] == {"32 x 32": 3, "40 x 40": 1}
     assert (s["channels"], s["dtype"]) == ({3: 4}, {"uint8": 4})
     assert (s["label_values"], s["label_encoding"]) == ([0, 255], "0/255")
     assert s["change_ratio"] == pytest.approx(expected_ratio)
     text = format_summary(s)
-    assert "A|B|label" in text and "32x32 (3)" in text and f"{100 * expected_ratio:.2f} %" in text
+    assert "A|B|label" in text and "32 x 32 (3)" in text and f"{100 * expected_ratio:.2f} %" in text
     assert "problems:      none" in text
 
 

@@ -57,23 +57,24 @@ def test_zero_one_labels_keep_255_as_ignore(tmp_path: Path) -> None:
     ds = ChangeDataset(make_set(tmp_path, values=(0, 1, 255)))
     assert ds.label_encoding == "0/1"
     np.testing.assert_array_equal(ds[0]["mask"].numpy(), _label(0, (0, 1, 255)))
-    # without value checks the encoding is decided per file (a file with a 1 is 0/1)
+    # without value checks the encoding is still decided once for the whole set, never per file
     ds = ChangeDataset(tmp_path, check_values=False)
-    assert ds.label_encoding == "auto"
+    assert ds.label_encoding == "0/1"
     np.testing.assert_array_equal(ds[0]["mask"].numpy(), _label(0, (0, 1, 255)))
 
 
-def test_set_wide_encoding_keeps_ignore_in_a_file_without_ones(tmp_path: Path) -> None:
+@pytest.mark.parametrize("check_values", [True, False])
+def test_set_wide_encoding_keeps_ignore_in_a_file_without_ones(tmp_path: Path, check_values: bool) -> None:
     make_set(tmp_path, values=(0, 1, 255))
     write_png(tmp_path / "label" / "002.png", _label(2, (0, 255)))  # no change, but ignore pixels
-    ds = ChangeDataset(tmp_path)
+    ds = ChangeDataset(tmp_path, check_values=check_values)
     assert set(ds[2]["mask"].unique().tolist()) == {0, 255}
 
 
 def test_bad_values_at_load_time_without_validation(tmp_path: Path) -> None:
     make_set(tmp_path)
     write_png(tmp_path / "label" / "001.png", _label(3, (0, 128, 255)))
-    ds = ChangeDataset(tmp_path, check_values=False)
+    ds = ChangeDataset(tmp_path, check_values=False, label_encoding="0/255")  # nothing decoded up front
     ds[0]
     with pytest.raises(LabelValueError, match="001.png"):
         ds[1]
@@ -172,7 +173,7 @@ def test_uint16_geotiffs_scale_by_dtype_or_value_scale(tmp_path: Path) -> None:
     item = ChangeDataset(tmp_path, mean=mean, std=std, value_scale=10000)[0]
     np.testing.assert_allclose(item["image_b"].numpy(), ((a / 10000 - 0.1) / 0.2).transpose(2, 0, 1), atol=1e-4)
     np.testing.assert_array_equal(item["mask"].numpy(), _label(0, (0, 1)))
-    with pytest.raises(ConfigError, match="4 channel"):
+    with pytest.raises(ConfigError, match="4 band"):
         ChangeDataset(tmp_path)  # ImageNet mean has 3 values
 
 
@@ -195,7 +196,7 @@ def test_unlabelled_records_and_record_source(tmp_path: Path) -> None:
     recs = discover_pairs(tmp_path)
     for r in recs:
         r.label = None
-    with pytest.raises(ConfigError, match="require_labels=False"):
+    with pytest.raises(ConfigError, match="has no label"):
         ChangeDataset(recs)
     ds = ChangeDataset(recs, require_labels=False)
     assert set(ds[0]) == {"image_a", "image_b", "stem"} and ds.source == "records"
@@ -207,6 +208,6 @@ def test_bad_arguments_and_unvalidated_size_mismatch(tmp_path: Path) -> None:
         with pytest.raises(ConfigError):
             ChangeDataset(tmp_path, **kwargs)
     write_png(tmp_path / "B" / "000.png", _img(0, size=16))
-    ds = ChangeDataset(tmp_path, validate=False)
+    ds = ChangeDataset(tmp_path, validate=False, label_encoding="0/255")  # nothing read up front
     with pytest.raises(SizeMismatchError, match="000.png"):
         ds[0]

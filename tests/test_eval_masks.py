@@ -19,12 +19,12 @@ PRED2 = np.array([[1, 0, 0], [0, 0, 0], [0, 0, 1]])
 GT2 = np.array([[1, 0, 0], [0, 0, 0], [0, 0, 255]])
 
 
-def _binary_set(tmp_path, pred_scale: int = 255, gt_scale: int = 255) -> tuple:
+def _binary_set(tmp_path, pred_scale: int = 255, gt_scale: int = 1) -> tuple:
     pred, gt = tmp_path / "pred", tmp_path / "gt"
     write_png(pred / "a.png", PRED1 * pred_scale)
     write_png(pred / "b.png", PRED2 * pred_scale)
     write_png(gt / "a.png", GT1 * gt_scale)
-    write_png(gt / "b.png", GT2)  # {0,1,255}: 255 = ignore
+    write_png(gt / "b.png", GT2)  # {0,1,255}: the set is 0/1, so 255 = ignore
     return pred, gt
 
 
@@ -57,10 +57,24 @@ def test_binary_zero_one_conventions_and_mixed_suffixes(tmp_path) -> None:
     assert res["confusion"] == [[12, 1], [1, 3]]
 
 
+def test_binary_convention_is_decided_for_the_whole_ground_truth(tmp_path) -> None:
+    """A 0/1/255 file holding only background and ignore keeps its ignored pixels ignored: the convention comes
+    from the whole set (any 1 makes it 0/1), as in data check, train and test, never from one file."""
+    pred, gt = tmp_path / "pred", tmp_path / "gt"
+    write_png(pred / "a.png", PRED1 * 255)
+    write_png(pred / "b.png", np.zeros((3, 3), np.uint8))
+    write_png(gt / "a.png", GT1)  # holds 1: the set is 0/1, 255 = ignore
+    write_png(gt / "b.png", np.where(GT2 == 255, 255, 0).astype(np.uint8))  # ignore and background only
+    res = eval_masks(pred, gt)
+    assert res["confusion"] == [[5 + 8, 1], [1, 2]]  # b's ignored pixel is neither change nor missed change
+    write_png(gt / "a.png", GT1 * 255)  # now no file holds 1: the set is 0/255 and 255 means change
+    assert eval_masks(pred, gt)["confusion"] == [[5 + 8, 1], [1 + 1, 2]]
+
+
 def test_binary_label_value_errors(tmp_path) -> None:
     pred, gt = _binary_set(tmp_path)
     write_png(gt / "a.png", GT1 * 128)
-    with pytest.raises(LabelValueError, match=r"a\.png.*\[0, 128\]"):
+    with pytest.raises(LabelValueError, match=r"a\.png.*\{0, 128\}"):
         eval_masks(pred, gt)
     pred, gt = _binary_set(tmp_path / "p2")
     write_png(pred / "b.png", PRED2 * 7)

@@ -56,6 +56,7 @@ DEFAULTS: dict[str, Any] = {
         "std": IMAGENET_STD,
         "augment": "none",  # preset name (none, flips, standard, ...) or a list of ops
         "check_values": True,  # decode every label once to check its values
+        "label_palette": None,  # change masks drawn in colour: {"R,G,B": 0 | 1 | 255} (no change, change, ignore)
         "drop_last": False,
         # ChangeCLIP's per-date CLIP tags (`changekit clip-tag` JSON files); enabled: auto | true | false
         "tags": {"enabled": "auto", "suffix": "clipcls_56_vit16", "top_k": 9, "allow_missing": False},

@@ -59,6 +59,10 @@ class RunLockedError(ChangekitError, RuntimeError):
     """Another live process owns the run folder."""
 
 
+class NonFiniteError(ChangekitError, FloatingPointError):
+    """Training produced a NaN or infinite loss or weights (it stops; nothing non-finite is saved)."""
+
+
 def suggest(name: str, choices: Iterable[str]) -> str:
     """Return ``" (did you mean 'x'?)"`` for the closest choice, or an empty string."""
     close = get_close_matches(name, list(choices), n=1, cutoff=0.6)

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import torch
 
-from .data.io import IMAGE_SUFFIXES, atomic_path, read_image, read_palette_indices
+from .data.io import IMAGE_SUFFIXES, atomic_path, read_palette_indices, require_file
+from .data.labels import binary_lut, check_binary_values, encoding_from_counts, read_label_band
 from .errors import (
     ConfigError,
     DatasetNotFoundError,
@@ -47,8 +49,9 @@ def list_masks(folder: str | Path) -> dict[str, Path]:
         raise DatasetNotFoundError(f"{folder}: folder not found")
     found: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
-        if path.name.startswith(".") or not path.is_file() or path.suffix.lower() not in IMAGE_SUFFIXES:
+        if path.name.startswith(".") or path.suffix.lower() not in IMAGE_SUFFIXES:
             continue
+        require_file(path, "mask image")  # a folder, link loop or unreadable file named like a mask: one line
         if path.stem in found:
             raise PairingError(f"{folder}: stem '{path.stem}' appears twice ({found[path.stem].name}, {path.name})")
         found[path.stem] = path
@@ -68,50 +71,56 @@ def _pair(pred: dict[str, Path], gt: dict[str, Path], pred_dir: Path, gt_dir: Pa
     return sorted(gt)
 
 
-def _single_band(path: Path) -> np.ndarray:
-    """An ``(H, W)`` mask; multi-band files are accepted only when all bands are equal (grey saved as RGB)."""
-    arr = cast(np.ndarray, read_image(path))
-    if arr.shape[2] > 1:
-        if not (arr == arr[:, :, :1]).all():
-            raise LabelValueError(f"{path}: mask has {arr.shape[2]} different bands; expected a single-band mask")
-    return arr[:, :, 0]
-
-
 def _values(arr: np.ndarray) -> list[int]:
     return [int(v) for v in np.unique(arr)[:20]]
 
 
 def read_binary_prediction(path: Path) -> np.ndarray:
     """A predicted change mask as 0/1; the file must hold only {0, 255} or only {0, 1}."""
-    arr = _single_band(path)
+    arr = read_label_band(path)
     vals = set(_values(arr))
     if not (vals <= {0, 255} or vals <= {0, 1}):
         raise LabelValueError(f"{path}: prediction values {sorted(vals)} are not 0/255 or 0/1 (binary mask expected)")
     return (arr > 0).astype(np.int64)
 
 
-def read_binary_label(path: Path) -> np.ndarray:
-    """A change label as 0/1/255 (255 = ignore).
+def _raw_label(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """A change label's single band and its value counts (values outside {0, 1, 255} raise)."""
+    arr = read_label_band(path)
+    counts = np.bincount(arr.ravel(), minlength=256)
+    check_binary_values(counts, path)
+    return arr, counts
 
-    The value set of each file decides its convention: {0, 255} means 255 = change, {0, 1} means 1 = change,
-    {0, 1, 255} means 1 = change and 255 = ignore. Anything else raises :class:`LabelValueError`.
+
+def label_lut(paths: Iterable[Path]) -> np.ndarray:
+    """The ground truth's lookup table raw value -> 0/1/255, decided once for the whole set of ``paths``.
+
+    The same decision as ``data check``, ``train`` and ``test`` (:func:`~changekit.data.labels.encoding_from_counts`
+    on the counts of every label): any 1 makes the set 0/1 with 255 = ignore, else 0/255 with 255 = change. A file
+    holding only background and ignore (0 and 255) of a 0/1 set therefore keeps its ignored pixels ignored.
     """
-    arr = _single_band(path)
-    vals = set(_values(arr))
-    if vals <= {0, 255}:
-        return (arr == 255).astype(np.int64)
-    if vals <= {0, 1, 255}:
-        return arr.astype(np.int64)
-    raise LabelValueError(
-        f"{path}: label values {sorted(vals)} are not one of {{0,255}}, {{0,1}} or {{0,1,255}} (255 = ignore)"
-    )
+    counts = np.zeros(256, np.int64)
+    for path in paths:
+        counts += _raw_label(path)[1]
+    return binary_lut(encoding_from_counts(counts))
+
+
+def read_binary_label(path: Path, lut: np.ndarray | None = None) -> np.ndarray:
+    """A change label as 0/1/255 (255 = ignore), through the set's ``lut`` (:func:`label_lut`).
+
+    Without ``lut`` the file's own values decide (for a single file; a set is always decided as a whole).
+    Values outside {0, 1, 255} raise :class:`LabelValueError`.
+    """
+    arr, counts = _raw_label(path)
+    table = lut if lut is not None else binary_lut(encoding_from_counts(counts))
+    return table[arr].astype(np.int64)
 
 
 def read_class_map(path: Path) -> np.ndarray:
     """A class-index map ``(H, W)``: palette or grey PNG indices, or a single-band raster."""
     if path.suffix.lower() in _PALETTE_SUFFIXES:
         return read_palette_indices(path).astype(np.int64)
-    return _single_band(path).astype(np.int64)
+    return read_label_band(path).astype(np.int64)
 
 
 def _check_size(a: np.ndarray, b: np.ndarray, path_a: Path, path_b: Path) -> None:
@@ -176,8 +185,9 @@ def _eval_binary(pred_dir: Path, gt_dir: Path) -> dict[str, Any]:
     preds, gts = list_masks(pred_dir), list_masks(gt_dir)
     stems = _pair(preds, gts, pred_dir, gt_dir)
     cm = ConfusionMatrix(2, ignore_index=255)
+    lut = label_lut(gts[stem] for stem in stems)  # the convention of the whole ground truth, never per file
     for stem in stems:
-        pred, gt = read_binary_prediction(preds[stem]), read_binary_label(gts[stem])
+        pred, gt = read_binary_prediction(preds[stem]), read_binary_label(gts[stem], lut)
         _check_size(pred, gt, preds[stem], gts[stem])
         cm.update(torch.from_numpy(pred), torch.from_numpy(gt))
     metrics = binary_metrics(cm)
@@ -204,6 +214,7 @@ def _eval_semantic(pred_dir: Path, gt_dir: Path, num_classes: int, ignore_index:
     pred, gt = _semantic_folders(pred_dir), _semantic_folders(gt_dir)
     stems = _pair(pred["label1"], gt["label1"], pred_dir / "label1", gt_dir / "label1")
     metrics = SCDMetrics(num_classes, ignore_index=ignore_index)
+    lut = label_lut(gt["change"][stem] for stem in stems) if "change" in gt else None
     for stem in stems:
         paths = {
             f"{side}_{name}": folders[name][stem] for side, folders in (("pred", pred), ("gt", gt)) for name in folders
@@ -211,7 +222,7 @@ def _eval_semantic(pred_dir: Path, gt_dir: Path, num_classes: int, ignore_index:
         maps: dict[str, np.ndarray] = {}
         for key, path in paths.items():
             if key.endswith("change"):
-                maps[key] = read_binary_prediction(path) if key.startswith("pred") else read_binary_label(path)
+                maps[key] = read_binary_prediction(path) if key.startswith("pred") else read_binary_label(path, lut)
             else:
                 maps[key] = read_class_map(path)
             _check_size(maps[key], maps.get("pred_label1", maps[key]), path, paths["pred_label1"])

@@ -24,20 +24,20 @@ from PIL import Image, UnidentifiedImageError
 from ..errors import (
     ChangekitError,
     ConfigError,
-    DatasetNotFoundError,
     ImageReadError,
     LabelValueError,
     SizeMismatchError,
 )
 from .discover import MissingLabelsError, PairRecord, discover
-from .io import _RASTERIO_SUFFIXES, image_size, read_image
+from .io import _RASTERIO_SUFFIXES, image_size, nonfinite_pixels, read_image, require_file, size_text
 from .labels import (
     HIUCD_SEM_IGNORE,
-    values_text,
+    LabelPalette,
     check_binary_values,
     derive_change,
     encoding_from_counts,
     read_raw_labels,
+    values_text,
 )
 
 log = logging.getLogger(__name__)
@@ -68,8 +68,7 @@ def _meta(path: Path, want_dtype: bool) -> tuple[int, int, int, str | None, Any]
         import rasterio
         from rasterio.errors import RasterioIOError
 
-        if not path.is_file():
-            raise DatasetNotFoundError(f"{path}: file not found")
+        require_file(path)
         try:
             with rasterio.open(path) as src:
                 return src.height, src.width, src.count, src.dtypes[0], src.crs
@@ -98,17 +97,23 @@ def _crs_text(crs: Any) -> str:
 
 
 def inspect_pair(rec: PairRecord, check_values: bool = True, decode_images: bool = False,
-                 ignore_index: int = 255, num_classes: int | None = None, want_dtype: bool = False) -> PairInfo:
-    """Every problem of one pair (collected, never raised) plus what a summary needs."""
+                 ignore_index: int = 255, num_classes: int | None = None, want_dtype: bool = False,
+                 palette: LabelPalette | None = None) -> PairInfo:
+    """Every problem of one pair (collected, never raised) plus what a summary needs.
+
+    ``decode_images`` also decodes both images: a broken file, and NaN or infinite pixels in float imagery
+    (which ``train`` and ``test`` treat as nodata and ``predict`` zeroes), are problems then.
+    """
     info = PairInfo(rec.stem)
     try:
         ha, wa, ca, info.dtype, crs_a = _meta(rec.a, want_dtype)
         info.size, info.channels = (ha, wa), ca
         hb, wb, cb, _, crs_b = _meta(rec.b, False)
         if (ha, wa) != (hb, wb):
-            info.errors.append(SizeMismatchError(f"{rec.a} is {ha}x{wa} but {rec.b} is {hb}x{wb} (HxW)"))
+            info.errors.append(SizeMismatchError(f"{rec.a} is {size_text((ha, wa, ca), 'A')} but {rec.b} is "
+                                                 f"{size_text((hb, wb, cb), 'B')} (H x W x bands)"))
         if ca != cb:
-            info.errors.append(SizeMismatchError(f"{rec.a} has {ca} channel(s) but {rec.b} has {cb}"))
+            info.errors.append(SizeMismatchError(f"{rec.a} has {ca} band(s) but {rec.b} has {cb}"))
         if crs_a != crs_b:
             info.errors.append(SizeMismatchError(
                 f"{rec.a} (CRS {_crs_text(crs_a)}) and {rec.b} (CRS {_crs_text(crs_b)}) have different CRSs; "
@@ -116,7 +121,8 @@ def inspect_pair(rec: PairRecord, check_values: bool = True, decode_images: bool
         for lab in rec.label_files():
             hl, wl, cl, _, _ = _meta(lab, False)
             if (hl, wl) != (ha, wa):
-                info.errors.append(SizeMismatchError(f"{lab} is {hl}x{wl} but {rec.a} is {ha}x{wa} (HxW)"))
+                info.errors.append(SizeMismatchError(f"{lab} is {size_text((hl, wl), 'label')} but {rec.a} is "
+                                                     f"{size_text((ha, wa), 'A')} (H x W)"))
             if rec.label_kind == "hiucd" and cl < 3:
                 info.errors.append(SizeMismatchError(
                     f"{lab}: a Hi-UCD mask needs 3 channels (sem A, sem B, change), found {cl}"))
@@ -124,17 +130,22 @@ def inspect_pair(rec: PairRecord, check_values: bool = True, decode_images: bool
                 info.errors.append(LabelValueError(
                     f"{lab}: semantic label is a colour image; save class indices (palette or grey PNG)"))
         if decode_images:
-            read_image(rec.a)
-            read_image(rec.b)
+            for path in (rec.a, rec.b):
+                bad = nonfinite_pixels(read_image(path))
+                if bad is not None:
+                    info.errors.append(ImageReadError(
+                        f"{path}: {int(bad.sum())} of {bad.size} pixels are NaN or infinite (nodata?); train and "
+                        "test ignore them, predict writes 0 (no change) there"))
         if check_values and rec.label is not None and not info.errors:
-            _inspect_values(rec, info, ignore_index, num_classes)
+            _inspect_values(rec, info, ignore_index, num_classes, palette)
     except ChangekitError as exc:
         info.errors.append(exc)
     return info
 
 
-def _inspect_values(rec: PairRecord, info: PairInfo, ignore_index: int, num_classes: int | None) -> None:
-    raw = read_raw_labels(rec)
+def _inspect_values(rec: PairRecord, info: PairInfo, ignore_index: int, num_classes: int | None,
+                    palette: LabelPalette | None = None) -> None:
+    raw = read_raw_labels(rec, palette)
     if "sem_a" in raw:
         hiucd = rec.label_kind == "hiucd"
         file_ignore = HIUCD_SEM_IGNORE if hiucd else ignore_index
@@ -193,7 +204,7 @@ class ValidationReport:
 
 def validate_pairs(records: Sequence[PairRecord], task: str = "binary", check_values: bool = True,
                    ignore_index: int = 255, num_classes: int | None = None,
-                   workers: int | None = None) -> ValidationReport:
+                   workers: int | None = None, palette: LabelPalette | None = None) -> ValidationReport:
     """Check sizes, channels, CRSs (always) and label values (``check_values``) of every pair.
 
     ``task="semantic"`` also requires class maps on every labelled pair. Semantic values are checked against
@@ -209,7 +220,7 @@ def validate_pairs(records: Sequence[PairRecord], task: str = "binary", check_va
     if task == "semantic":
         require_semantic(records)
     infos = inspect_pairs(records, workers=workers, check_values=check_values, ignore_index=ignore_index,
-                          num_classes=num_classes)
+                          num_classes=num_classes, palette=palette)
     errors = [e for info in infos for e in info.errors]
     if errors:
         first = errors[0]
@@ -226,7 +237,7 @@ def validate_pairs(records: Sequence[PairRecord], task: str = "binary", check_va
     change = _sum([i.change_counts for i in infos])
     sem = _sum([i.sem_counts for i in infos])
     return ValidationReport(
-        encoding=encoding_from_counts(change) if change is not None else None,
+        encoding=encoding_from_counts(change, palette) if change is not None else None,
         label_values=np.flatnonzero(change).tolist() if change is not None else [],
         sem_values=np.flatnonzero(sem).tolist() if sem is not None else [],
         channels=channels.pop() if channels else None,
@@ -243,10 +254,12 @@ def _sum(arrays: list[np.ndarray | None]) -> np.ndarray | None:
 
 def check_dataset(source: str | Path, root: str | Path | None = None, layout: str = "auto",
                   decode_images: bool = True, ignore_index: int = 255, num_classes: int | None = None,
-                  workers: int | None = None) -> dict[str, Any]:
+                  workers: int | None = None, label_palette: Any = None) -> dict[str, Any]:
     """Summarise a dataset and list ALL its problems (one line each, naming the file) instead of stopping.
 
-    Returns a dict with ``source``, ``layout``, ``pairs``, ``sizes`` (``"HxW"`` -> count), ``channels``,
+    ``label_palette`` is ``data.label_palette`` (colour-drawn change masks; see :class:`LabelPalette`).
+
+    Returns a dict with ``source``, ``layout``, ``pairs``, ``sizes`` (``"H x W"`` -> count), ``channels``,
     ``dtype`` (value -> count), ``label_values`` (raw binary label values), ``label_encoding``,
     ``sem_values``, ``change_ratio`` (change / labelled pixels, ignore excluded; ``None`` without labels) and
     ``problems``.
@@ -255,13 +268,14 @@ def check_dataset(source: str | Path, root: str | Path | None = None, layout: st
         found = discover(source, root=root, layout=layout, require_labels=True, strict=False)
     except MissingLabelsError:
         found = discover(source, root=root, layout=layout, require_labels=False, strict=False)
+    palette = LabelPalette.parse(label_palette)
     infos = inspect_pairs(found.records, workers=workers, check_values=True, decode_images=decode_images,
-                          ignore_index=ignore_index, num_classes=num_classes, want_dtype=True)
+                          ignore_index=ignore_index, num_classes=num_classes, want_dtype=True, palette=palette)
     problems = found.messages + [str(e) for i in infos for e in i.errors]
     unlabelled = sum(not r.has_labels for r in found.records)
     change = _sum([i.change_counts for i in infos])
     fixed = _sum([i.fixed_counts for i in infos])
-    encoding = encoding_from_counts(change) if change is not None else None
+    encoding = encoding_from_counts(change, palette) if change is not None else None
     n_change = n_total = 0
     if change is not None:
         pos = 255 if encoding == "0/255" else 1
@@ -275,7 +289,7 @@ def check_dataset(source: str | Path, root: str | Path | None = None, layout: st
         "layout": found.layout,
         "pairs": len(found.records),
         "labelled": len(found.records) - unlabelled,
-        "sizes": dict(Counter(f"{i.size[0]}x{i.size[1]}" for i in ok).most_common()),
+        "sizes": dict(Counter(size_text(i.size) for i in ok).most_common()),
         "channels": dict(Counter(i.channels for i in ok).most_common()),
         "dtype": dict(Counter(i.dtype for i in ok).most_common()),
         "label_values": np.flatnonzero(change).tolist() if change is not None else [],
@@ -302,7 +316,7 @@ def format_summary(summary: dict[str, Any], max_problems: int = 50) -> str:
         f"source:        {summary['source']}",
         f"layout:        {summary['layout']}",
         f"pairs:         {summary['pairs']} ({summary.get('labelled', summary['pairs'])} labelled)",
-        f"size (HxW):    {_counts_text(summary['sizes'])}",
+        f"size (H x W):  {_counts_text(summary['sizes'])}",
         f"channels:      {_counts_text(summary['channels'])}",
         f"dtype:         {_counts_text(summary['dtype'])}",
         f"label values:  {', '.join(map(str, values)) or '-'}{meaning.get(enc, '') if values else ''}",

@@ -62,7 +62,8 @@ class ClassTable:
         """Square metres per pixel, when the pixel size is known."""
         return None if self.pixel_size is None else float(self.pixel_size) ** 2
 
-    def encode_rgb(self, rgb: np.ndarray, where: str = "label") -> np.ndarray:
+    def encode_rgb(self, rgb: np.ndarray, where: str = "label", fix: str = "pass the right --classes table"
+                   ) -> np.ndarray:
         """Class indices ``(H, W)`` uint8 of an RGB-coded label ``(H, W, 3)`` (one lookup, no per-class loop).
 
         Raises:
@@ -81,7 +82,7 @@ class ClassTable:
             bad = np.unique(code[~found])[:5]
             colours = ", ".join(f"({c >> 16}, {(c >> 8) & 255}, {c & 255})" for c in bad.tolist())
             raise LabelValueError(f"{where}: colours {colours} are not in the class table "
-                                  f"({', '.join(self.names)}); pass the right --classes table")
+                                  f"({', '.join(self.names)}); {fix}")
         return order[pos].astype(np.uint8)
 
 

@@ -6,6 +6,9 @@ An item is ``{"image_a", "image_b": float32 [C, H, W], "mask": int64 [H, W] (0/1
 *before* normalisation, so geometric augmentations stay exact on integers and normalisation happens once, as
 one vectorised op per image.
 
+Non-finite pixels (NaN, +-Inf in float imagery) are nodata: they are set to 0 in both images and the pair's
+labels are set to ignore there (``mask`` 255, ``sem_*`` ``ignore_index``), so they count in neither loss nor metrics.
+
 Pixel scaling: values are divided by ``value_scale`` (default: 255 for uint8, the dtype's maximum for other
 integer types, e.g. 65535 for uint16; 1 for floats, which are taken as already in [0, 1]) and then normalised
 with ``(x - mean) / std``. For 12- or 14-bit sensors stored as uint16, pass the sensor's range (e.g. 10000 for
@@ -27,6 +30,7 @@ from ..errors import ConfigError, LabelValueError, SizeMismatchError
 from .check import require_semantic, validate_pairs
 from .labels import (
     HIUCD_SEM_IGNORE,
+    LabelPalette,
     binary_lut,
     check_binary_values,
     derive_change,
@@ -34,7 +38,7 @@ from .labels import (
     read_raw_labels,
 )
 from .discover import PairRecord, discover
-from .io import read_image
+from .io import read_image, size_text, zero_nonfinite
 
 log = logging.getLogger(__name__)
 
@@ -66,13 +70,16 @@ class ChangeDataset(Dataset):
         transform: joint augmentation on numpy arrays, applied before normalisation.
         mean, std: per-channel normalisation after scaling to [0, 1] (ImageNet by default).
         validate: check sizes, channels and CRSs of every pair now (header reads only).
-        check_values: also decode every label and check its values (parallel); this also fixes the binary
-            encoding for the whole set.
+        check_values: also decode every label and check its values (parallel). With ``label_encoding="auto"``
+            the labels are decoded once anyway, to decide the binary encoding for the whole set.
         cache: keep decoded arrays in memory (per DataLoader worker) for small sets that are read every epoch.
         ignore_index: ignore value of ``sem_a`` / ``sem_b`` in items (0..255).
         num_classes: number of semantic classes, to check class values against (optional).
         label_encoding: ``"auto"``, ``"0/255"`` (255 = change) or ``"0/1"`` (255 = ignore). ``"auto"`` decides
-            for the whole set when values are checked, else per file (a file with a 1 is 0/1).
+            once for the whole set (:func:`~changekit.data.labels.encoding_from_counts`, as ``data check``,
+            ``test`` and ``eval-masks`` do): any 1 makes it 0/1.
+        label_palette: ``data.label_palette``: colours of change masks drawn in colour -> 0/1/255 (see
+            :class:`~changekit.data.labels.LabelPalette`); without it a colour mask is an error.
         sem_ignore_value: value marking "ignore" in semantic label files; it becomes ``ignore_index``
             (default: ``ignore_index``; 9 for Hi-UCD 3-channel masks).
         value_scale: divide pixels by this before mean/std (default: by dtype, see module docstring).
@@ -99,6 +106,7 @@ class ChangeDataset(Dataset):
         value_scale: float | None = None,
         require_labels: bool = True,
         workers: int | None = None,
+        label_palette: Any = None,
     ) -> None:
         if task not in TASKS:
             raise ConfigError(f"task '{task}' is unknown; use one of {', '.join(TASKS)}")
@@ -107,7 +115,8 @@ class ChangeDataset(Dataset):
         if not 0 <= ignore_index <= 255:
             raise ConfigError(f"ignore_index must be in 0..255 (labels are 8-bit), got {ignore_index}")
         if len(mean) != len(std) or not len(mean) or any(s <= 0 for s in std):
-            raise ConfigError(f"mean {tuple(mean)} and std {tuple(std)} need the same length and std > 0")
+            raise ConfigError(f"data.mean {list(map(float, mean))} and data.std {list(map(float, std))}: need the "
+                              "same number of values and every std > 0")
         if value_scale is not None and value_scale <= 0:
             raise ConfigError(f"value_scale must be > 0, got {value_scale}")
         self.task, self.transform, self.cache = task, transform, cache
@@ -115,6 +124,7 @@ class ChangeDataset(Dataset):
         self.mean = np.asarray(mean, np.float32)
         self.std = np.asarray(std, np.float32)
         self.value_scale = value_scale
+        self.palette = LabelPalette.parse(label_palette)
         self._cache: dict[int, dict[str, np.ndarray]] = {}
         self._norm: dict[tuple[str, float], tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -128,19 +138,22 @@ class ChangeDataset(Dataset):
             if not self.records:
                 raise ConfigError("ChangeDataset got an empty record list")
         if require_labels and (unl := [r for r in self.records if not r.has_labels]):
-            raise ConfigError(f"{unl[0].a}: pair '{unl[0].stem}' has no label; pass require_labels=False")
+            raise ConfigError(f"{unl[0].a}: pair '{unl[0].stem}' has no label (training and testing need one per "
+                              "pair)")
         if task == "semantic":
             require_semantic(self.records, f"{self.source} (layout {self.layout})")
-        self.label_encoding = label_encoding
-        if validate:
-            report = validate_pairs(self.records, task=task, check_values=check_values,
-                                    ignore_index=ignore_index, num_classes=num_classes, workers=workers)
-            if label_encoding == "auto" and report.encoding is not None and check_values:
+        self.label_encoding = "0/1" if self.palette is not None and label_encoding == "auto" else label_encoding
+        decide = self.label_encoding == "auto" and any(r.label is not None for r in self.records)
+        if validate or decide:
+            report = validate_pairs(self.records, task=task, check_values=check_values or decide,
+                                    ignore_index=ignore_index, num_classes=num_classes, workers=workers,
+                                    palette=self.palette)
+            if decide and report.encoding is not None:
                 self.label_encoding = report.encoding
             if report.channels is not None and report.channels != len(self.mean):
                 raise ConfigError(
-                    f"{self.records[0].a}: images have {report.channels} channel(s) but mean/std have "
-                    f"{len(self.mean)} values; pass mean and std with {report.channels} values"
+                    f"{self.records[0].a}: {report.channels} band(s), but data.mean and data.std have "
+                    f"{len(self.mean)} values; set both with {report.channels} values (or leave them unset)"
                 )
         self._lut = binary_lut(self.label_encoding) if self.label_encoding != "auto" else None
         log.info("%s: %d pairs (layout %s, task %s, labels %s)", self.source, len(self.records), self.layout,
@@ -188,15 +201,23 @@ class ChangeDataset(Dataset):
         if self.cache and i in self._cache:
             return self._cache[i]
         rec = self.records[i]
-        out = {"image_a": read_image(rec.a), "image_b": read_image(rec.b)}
-        if out["image_a"].shape[:2] != out["image_b"].shape[:2]:
-            raise SizeMismatchError(f"{rec.a} is {out['image_a'].shape[:2]} but {rec.b} is {out['image_b'].shape[:2]}")
+        (a, nodata_a), (b, nodata_b) = zero_nonfinite(read_image(rec.a)), zero_nonfinite(read_image(rec.b))
+        out = {"image_a": a, "image_b": b}
+        if a.shape[:2] != b.shape[:2]:
+            raise SizeMismatchError(f"{rec.a} is {size_text(a.shape, 'A')} but {rec.b} is {size_text(b.shape, 'B')} "
+                                    "(H x W x bands)")
         if rec.has_labels:
             out.update(self._labels(rec))
             for key in ("mask", "sem_a", "sem_b"):
-                if key in out and out[key].shape != out["image_a"].shape[:2]:
-                    raise SizeMismatchError(f"{rec.label}: label is {out[key].shape} but {rec.a} is "
-                                            f"{out['image_a'].shape[:2]} (HxW)")
+                if key in out and out[key].shape != a.shape[:2]:
+                    raise SizeMismatchError(f"{rec.label}: label is {size_text(out[key].shape, 'label')} but {rec.a} "
+                                            f"is {size_text(a.shape[:2], 'A')} (H x W)")
+        nodata = nodata_a if nodata_b is None else nodata_b if nodata_a is None else nodata_a | nodata_b
+        if nodata is not None:  # NaN / Inf pixels: zeroed above, ignored by the loss and the metrics here
+            for key, value in (("mask", 255), ("sem_a", self.ignore_index), ("sem_b", self.ignore_index)):
+                if key in out:
+                    out[key] = np.where(nodata, np.uint8(value), out[key])
+            log.debug("%s: %d nodata (non-finite) pixels ignored", rec.stem, int(nodata.sum()))
         if self.cache:
             self._cache[i] = out
         return out
@@ -204,7 +225,7 @@ class ChangeDataset(Dataset):
     # ---------------------------------------------------------------------------------------- internals
 
     def _labels(self, rec: PairRecord) -> dict[str, np.ndarray]:
-        raw = read_raw_labels(rec)
+        raw = read_raw_labels(rec, self.palette)
         out: dict[str, np.ndarray] = {}
         if "sem_a" in raw and "sem_b" in raw:
             default = HIUCD_SEM_IGNORE if rec.label_kind == "hiucd" else self.ignore_index
@@ -225,7 +246,7 @@ class ChangeDataset(Dataset):
     def _binary(self, raw: np.ndarray, path: Path | None, fixed: bool) -> np.ndarray:
         """Raw change label -> 0/1/255 through a lookup table (one vectorised op)."""
         lut = binary_lut("0/1") if fixed else self._lut
-        if lut is None:  # no set-wide decision: decide for this file
+        if lut is None:  # unreachable with labels (decided set-wide at construction); kept for records added later
             counts = np.bincount(raw.ravel(), minlength=256)
             check_binary_values(counts, path)
             lut = binary_lut(encoding_from_counts(counts))
@@ -241,8 +262,8 @@ class ChangeDataset(Dataset):
         if img.ndim == 2:
             img = img[:, :, None]
         if img.shape[2] != len(self.mean):
-            raise ConfigError(f"{path}: image has {img.shape[2]} channel(s) but mean/std have {len(self.mean)} "
-                              f"values; pass mean and std with {img.shape[2]} values")
+            raise ConfigError(f"{path}: {img.shape[2]} band(s), but data.mean and data.std have {len(self.mean)} "
+                              f"values; set both with {img.shape[2]} values (or leave them unset)")
         scale = self.value_scale or dtype_scale(img.dtype)
         key = (img.dtype.str, scale)
         if key not in self._norm:

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ChangekitError, ConfigError, DatasetNotFoundError, PairingError, suggest
-from .io import IMAGE_SUFFIXES
+from .io import IMAGE_SUFFIXES, require_file
 
 log = logging.getLogger(__name__)
 
@@ -299,11 +299,22 @@ def _resolve_layout(root: Path, layout: str, require_labels: bool) -> tuple[Layo
 
 
 def _index(folder: Path, problems: list[Problem]) -> dict[str, Path]:
-    """Image files of a folder by stem (hidden and non-image files skipped); duplicate stems are problems."""
+    """Image files of a folder by stem (hidden and non-image files skipped); duplicate stems are problems, and so
+    is an image name that is no readable file (a folder, a symbolic link loop or a broken link)."""
     out: dict[str, Path] = {}
     for entry in sorted(os.scandir(folder), key=lambda e: e.name):
         path = Path(entry.path)
-        if entry.name.startswith(".") or path.suffix.lower() not in IMAGE_SUFFIXES or not entry.is_file():
+        if entry.name.startswith(".") or path.suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        try:
+            regular = entry.is_file()
+        except OSError:  # a symbolic link loop
+            regular = False
+        if not regular:
+            try:
+                require_file(path, "image")
+            except ChangekitError as exc:
+                problems.append((type(exc), str(exc)))
             continue
         if path.stem in out:
             problems.append((PairingError, f"{folder}: two files share the stem '{path.stem}' "

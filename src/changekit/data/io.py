@@ -64,13 +64,41 @@ def require_file(path: str | Path, what: str = "file", error: type[ChangekitErro
         if exc.errno == errno.ENOTDIR:
             raise DatasetNotFoundError(f"{path}: {what} not found (a part of the path is a file)") from None
         raise error(f"{path}: cannot access the {what} ({exc.strerror})") from None
+    article = "an" if what[:1].lower() in "aeiou" else "a"
     if stat.S_ISDIR(st.st_mode):
-        raise error(f"{path}: is a folder, but a {what} is expected here")
+        raise error(f"{path}: is a folder, but {article} {what} is expected here")
     if not stat.S_ISREG(st.st_mode):
-        raise error(f"{path}: is not a regular file (a pipe, socket or device), but a {what} is expected here")
-    if not os.access(path, os.R_OK):
+        raise error(f"{path}: is not a regular file (a pipe, socket or device), but {article} {what} is expected "
+                    "here")
+    if not os.access(path, os.R_OK, effective_ids=os.access in os.supports_effective_ids):
         raise error(f"{path}: {what} cannot be read (permission denied)")
     return path
+
+
+def size_text(shape: tuple[int, ...] | list[int], label: str | None = None) -> str:
+    """An image size as messages write it: ``1024 x 1024 x 3 (A)`` (height x width [x bands], then a label)."""
+    text = " x ".join(str(int(v)) for v in shape)
+    return f"{text} ({label})" if label else text
+
+
+def nonfinite_pixels(arr: np.ndarray) -> np.ndarray | None:
+    """``(H, W)`` bool mask of pixels with a NaN or infinite value in any band, or ``None`` when there are none
+    (integer images never have any)."""
+    if not np.issubdtype(arr.dtype, np.floating):
+        return None
+    bad = ~np.isfinite(arr)
+    if bad.ndim == 3:
+        bad = bad.any(axis=2)
+    return bad if bad.any() else None
+
+
+def zero_nonfinite(arr: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """``arr`` with NaN and infinite values set to 0 (a copy; the original is untouched), and the mask of
+    :func:`nonfinite_pixels`. Non-finite pixels are nodata: they never reach a network."""
+    bad = nonfinite_pixels(arr)
+    if bad is None:
+        return arr, None
+    return np.where(np.isfinite(arr), arr, 0).astype(arr.dtype, copy=False), bad
 
 
 def read_image(path: str | Path, with_geo: bool = False) -> np.ndarray | tuple[np.ndarray, GeoInfo]:

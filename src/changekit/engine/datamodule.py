@@ -28,6 +28,7 @@ def build_dataset(
     dataset = ChangeDataset(
         source, root=cfg["root"], layout=cfg["layout"], task=cfg["task"], transform=transform,
         mean=cfg["mean"], std=cfg["std"], check_values=cfg["check_values"], ignore_index=cfg["ignore_index"],
+        label_palette=cfg.get("label_palette"),
     )
     return maybe_add_tags(dataset, cfg, split, extra_inputs)
 

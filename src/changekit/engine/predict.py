@@ -10,8 +10,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..data.bands import check_bands, checkpoint_bands
 from ..data.discover import pair_folders
-from ..data.io import atomic_dir, atomic_path, read_image, write_image, write_png
+from ..data.io import atomic_dir, atomic_path, image_size, read_image, write_image, write_png
 from ..errors import CheckpointError, ConfigError, DatasetNotFoundError, PairingError, SizeMismatchError
 from ..inference.scene import predict_scene
 from ..inference.sliding import sliding_window_predict
@@ -89,6 +90,10 @@ def predict(
     pairs = pair_inputs(a, b)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model, cfg = load_checkpoint(ckpt, map_location=dev)
+    bands = checkpoint_bands(model, cfg)
+    for _, fa, fb in pairs:  # header reads: another band count than the model's is one line, not a traceback
+        for path in (fa, fb):
+            check_bands(path, image_size(path)[2], bands, ckpt)
     semantic = getattr(model, "task", "binary") == "semantic"
     layout = PredictionLayout.plan(out, len(pairs), semantic, save_prob, save_overlay)
     geo = [stem for stem, fa, _ in pairs if fa.suffix.lower() in GEO_SUFFIXES]

@@ -19,6 +19,7 @@ from ..metrics import ConfusionMatrix, SCDMetrics, binary_metrics
 from ..models import build_model
 from ..models.outputs import ChangeOutput
 from .ema import EMAWeights
+from .guards import check_loss, check_weights
 from .schedules import build_optimizer, build_scheduler
 
 if TYPE_CHECKING:
@@ -136,11 +137,15 @@ class ChangeTask(L.LightningModule):
         for key, value in self.model.extra_losses(out, batch).items():
             terms[key] = value
             loss = loss + value
+        check_loss(loss, self.global_step, batch, terms)  # NaN / Inf: stop here, naming the step and the batch
         bs = a.shape[0]
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=bs)
         if len(terms) > 1:
             self.log_dict({f"train/{k}": v.detach() for k, v in terms.items()}, on_step=True, batch_size=bs)
         return loss
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:  # noqa: D102
+        check_weights(checkpoint.get("state_dict") or {}, self.global_step)  # never a non-finite checkpoint
 
     def on_train_epoch_start(self) -> None:  # noqa: D102
         self.model.current_epoch = self.current_epoch  # epoch-dependent terms (ClearSCD's SACL warm-up), 0-based

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data.io import atomic_path, geo_transform, read_image, write_png
+from ..data.io import atomic_path, geo_transform, nonfinite_pixels, read_image, write_png
 from ..errors import ConfigError, DatasetNotFoundError, ImageReadError, SizeMismatchError
 from .sliding import TileExtras, TilePredictor, eval_mode, stride_from
 
@@ -163,6 +163,8 @@ def _normaliser(src: _Raster, mean: Sequence[float], std: Sequence[float], scale
         raise ConfigError("std: values must be non-zero")
 
     def normalise(raw: np.ndarray) -> torch.Tensor:
+        if np.issubdtype(raw.dtype, np.floating):  # NaN / Inf are nodata: they never reach the network
+            raw = np.where(np.isfinite(raw), raw, 0)
         return torch.from_numpy((raw.astype(np.float32) / np.float32(scale) - m) / s)
 
     return normalise
@@ -291,6 +293,9 @@ def _run_strips(
         c = slice(grid.pad_left, grid.pad_left + grid.width)
         probs = predictor.split(acc[:, :, local, c] / wsum[:, :, local, c])
         change = probs["change"][0].numpy()
+        nodata = _nodata_rows(src_a, src_b, r0, r1)
+        if nodata is not None:  # where either date is NaN / Inf: 0 (no change) in the mask and the probability
+            change = np.where(nodata, np.float32(0), change)
         outputs["mask"].write(r0, np.where(change > threshold, 255, 0).astype(np.uint8))
         if "prob" in outputs:
             outputs["prob"].write(r0, change.astype(np.float32))
@@ -299,6 +304,17 @@ def _run_strips(
                 if key not in probs:
                     raise ConfigError(f"{key}_path: the model is not semantic (it returns no class maps)")
                 outputs[key].write(r0, probs[key][0].argmax(0).numpy().astype(np.uint8))
+
+
+def _nodata_rows(a: _Raster, b: _Raster, r0: int, r1: int) -> np.ndarray | None:
+    """``(r1 - r0, W)`` mask of pixels where a float band of either date is NaN or infinite, or ``None``."""
+    bad = None
+    for src in (a, b):
+        if np.issubdtype(src.dtype, np.floating):
+            rows = nonfinite_pixels(np.moveaxis(src.read_rows(r0, r1), 0, -1))
+            if rows is not None:
+                bad = rows if bad is None else bad | rows
+    return bad
 
 
 def polygonize(mask_path: str | Path, out_geojson: str | Path, min_area: float = 0.0) -> Path:
