@@ -14,6 +14,7 @@ import lightning as L
 import numpy as np
 import torch
 
+from ..data.bands import check_bands, checkpoint_bands, first_image_bands
 from ..data.io import atomic_dir
 from ..data.tiling import TILES_JSON, tile_ownership
 from ..errors import ConfigError
@@ -129,6 +130,9 @@ def test(
         cfg["data"]["root"] = str(root) if root is not None else None
     if cfg["data"]["test"] is None:
         raise ConfigError(f"{ckpt}: its config has no test split; pass --data DIR")
+    first = first_image_bands(cfg["data"], "test")  # another band count than the model's: one line naming both
+    if first is not None:
+        check_bands(*first, checkpoint_bands(model, cfg), ckpt)
     out = check_output(out, inputs=[ckpt, cfg["data"]["test"], cfg["data"].get("root")], overwrite=overwrite,
                        kind="folder")
     if threshold is not None:
