@@ -13,6 +13,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQ
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from ..config import dump_config, load_config, resolve
+from ..data.bands import fit_to_data
 from ..data.io import atomic_path
 from ..errors import ConfigError, DatasetNotFoundError
 from .checkpoint import load_weights, read_checkpoint, save_checkpoint
@@ -90,7 +91,7 @@ def train(
     Returns:
         ``{"out", "checkpoint", "best_score", "monitor", "epochs", "steps"}``.
     """
-    cfg = _as_config(config, overrides)
+    cfg = fit_to_data(_as_config(config, overrides))  # in_channels, mean/std from the data's band count if unset
     out = Path(out)
     last = out / "checkpoints" / "last.ckpt"
     if resume and not last.is_file():
