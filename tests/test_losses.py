@@ -224,3 +224,67 @@ def test_composite_loss_errors_at_run_time() -> None:
 def test_build_loss_errors(spec: list, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         build_loss(spec)
+
+
+# ----------------------------------------------------------------- OHEM (mmseg's OHEMPixelSampler + CE)
+def _mmseg_ohem_mask(logits: torch.Tensor, target: torch.Tensor, thresh: float, min_kept: int) -> torch.Tensor:
+    """mmseg's rule written out: keep valid pixels whose true-class probability is below max(thresh, p_k), p_k
+    the probability at sorted position min(min_kept * N, n_valid - 1)."""
+    valid = target != IGN
+    prob = logits.softmax(1).gather(1, torch.where(valid, target, 0).unsqueeze(1)).squeeze(1)
+    ranked = prob[valid].sort().values
+    kth = float(ranked[min(min_kept * logits.shape[0], ranked.numel() - 1)])
+    return valid & (prob < max(kth, thresh))
+
+
+def test_ohem_keeps_pixels_below_thresh_and_at_least_min_kept() -> None:
+    from changekit.losses import OHEMCELoss
+
+    # true-class probabilities: sigmoid(l1 - l0) for class 1, sigmoid(l0 - l1) for class 0
+    x = logits2((0, 3), (0, 1), (0, 0), (0, -1), (2, 0), (0, 0.5))  # p_true below for targets 1,1,1,1,0,0
+    t = target(1, 1, 1, 1, 0, IGN)
+    p = [torch.sigmoid(torch.tensor(v)).item() for v in (3.0, 1.0, 0.0, -1.0, 2.0)]  # .95 .73 .5 .27 .88
+    keep = OHEMCELoss(thresh=0.7, min_kept=1).kept(x.float(), t[0].clamp(max=1).unsqueeze(0), t != IGN)
+    assert keep[0, 0].tolist() == [False, False, True, True, False, False]  # under 0.7; the ignored pixel never
+    keep = OHEMCELoss(thresh=0.7, min_kept=3).kept(x.float(), t.clamp(max=1), t != IGN)
+    assert keep[0, 0].tolist() == [False, True, True, True, False, False]  # the 3 hardest: p_3 = .88 raises it
+    loss = OHEMCELoss(thresh=0.7, min_kept=1)(x, t)
+    assert loss.item() == pytest.approx(-(math.log(p[2]) + math.log(p[3])) / 5, rel=1e-6)  # / valid pixels
+
+
+@pytest.mark.parametrize(("thresh", "min_kept"), [(0.7, 10), (0.7, 5000), (0.2, 50), (0.99, 0)])
+def test_ohem_matches_mmseg_rule_with_ignore_pixels(thresh: float, min_kept: int) -> None:
+    from changekit.losses import OHEMCELoss
+
+    gen = torch.Generator().manual_seed(int(thresh * 100) + min_kept)
+    x = torch.randn(2, 2, 12, 12, generator=gen) * 3
+    t = torch.randint(0, 2, (2, 12, 12), generator=gen)
+    t[torch.rand(2, 12, 12, generator=gen) < 0.25] = IGN
+    valid = t != IGN
+    loss_fn = OHEMCELoss(thresh=thresh, min_kept=min_kept)
+    keep = loss_fn.kept(x, torch.where(valid, t, 0), valid)
+    assert torch.equal(keep, _mmseg_ohem_mask(x, t, thresh, min_kept))
+    nll = torch.nn.functional.cross_entropy(x, torch.where(valid, t, 0), reduction="none")
+    assert loss_fn(x, t).item() == pytest.approx(float((nll * keep).sum() / valid.sum()), rel=1e-5)
+    if min_kept * 2 >= int(valid.sum()):  # min_kept beyond the valid pixels: all but the easiest are kept
+        prob = x.softmax(1).gather(1, torch.where(valid, t, 0).unsqueeze(1)).squeeze(1)
+        assert torch.equal(keep, valid & (prob < prob[valid].max()))
+
+
+def test_ohem_loss_ranked_mode_all_ignored_and_config() -> None:
+    from changekit.losses import OHEMCELoss
+
+    gen = torch.Generator().manual_seed(0)
+    x, t = torch.randn(1, 2, 4, 4, generator=gen, requires_grad=True), torch.randint(0, 2, (1, 4, 4), generator=gen)
+    keep = OHEMCELoss(thresh=None, min_kept=5).kept(x.detach(), t, torch.ones_like(t, dtype=torch.bool))
+    nll = torch.nn.functional.cross_entropy(x.detach(), t, reduction="none")
+    assert int(keep.sum()) == 5 and float(nll[keep].min()) >= float(nll[~keep].max())  # the 5 largest losses
+    zero = OHEMCELoss()(x, torch.full((1, 4, 4), IGN))
+    assert zero.item() == 0 and zero.requires_grad
+    one_channel = OHEMCELoss(thresh=0.7, min_kept=2)(x[:, 1:] - x[:, :1], t)  # [0, l1 - l0] = same softmax
+    assert one_channel.item() == pytest.approx(OHEMCELoss(thresh=0.7, min_kept=2)(x, t).item(), rel=1e-5)
+    loss = build_loss([{"name": "ohem_ce", "thresh": 0.7, "min_kept": 100000}])
+    assert loss.names == ["ohem_ce"]
+    for bad, message in (({"thresh": 1.5}, "thresh"), ({"min_kept": -1}, "min_kept"), ({"min_kept": 2.5}, "min_kept")):
+        with pytest.raises(ConfigError, match=message):
+            build_loss([{"name": "ohem_ce", **bad}])

@@ -8,6 +8,8 @@ Logit layouts (``ChangeOutput.change`` may have 1 or K channels):
   ``[0, l]`` (softmax of which is ``[1 - sigmoid(l), sigmoid(l)]``).
 * ``focal``: softmax focal loss ``-alpha (1 - p_t)^gamma log p_t`` (MISGNet's form: one scalar alpha for all
   classes), mean over valid pixels; 1-channel logits are read as ``[0, l]`` as for ``ce``.
+* ``ohem_ce``: ``ce`` over the hard pixels only (mmseg's ``OHEMPixelSampler``: true-class probability below
+  ``thresh``, at least ``min_kept`` per image; see :class:`OHEMCELoss`).
 * ``dice``: ``mode="binary"`` scores the change probability (sigmoid, or softmax channel 1) against
   ``target == 1``; ``mode="multiclass"`` averages the dice of every class over softmax probabilities
   (MISGNet's ``1 - mean_c 2 sum(p y) / (sum(p + y) + eps)``). Sums run over all pixels of the batch.
@@ -144,6 +146,61 @@ class CELoss(nn.Module):
         return _masked_mean(nll, valid, weights)
 
 
+class OHEMCELoss(nn.Module):
+    """Softmax cross-entropy over the hard pixels only: mmseg's ``OHEMPixelSampler`` in front of its CE loss.
+
+    A valid pixel is kept when the predicted probability of its true class is below ``threshold =
+    max(thresh, p_k)``, where ``p_k`` is the ``k``-th smallest such probability of the batch (0-based, ``k =
+    min(min_kept * N, valid - 1)``): all pixels under ``thresh``, and at least the ``min_kept * N`` hardest.
+    As in mmseg, ``min_kept`` counts per image, and ties at ``p_k`` are dropped, so when ``min_kept * N`` reaches
+    the number of valid pixels every pixel is kept except the easiest one(s). ``thresh=None`` keeps exactly the
+    ``min_kept * N`` pixels of highest loss. The selection takes no gradient. The loss is the sum over kept
+    pixels divided by the number of valid pixels (like ``ce``; mmseg's default divides by all pixels, ignored
+    ones included, which is the same when none is ignored).
+
+    Args:
+        thresh: probability threshold in (0, 1] (ChangerEx: 0.7), or ``None`` for loss-ranked selection.
+        min_kept: pixels kept at least, per image (ChangerEx: 100000).
+        ignore_index: target value excluded from the loss and the selection.
+    """
+
+    def __init__(self, thresh: float | None = 0.7, min_kept: int = 100000, ignore_index: int = 255) -> None:
+        super().__init__()
+        if thresh is not None and not 0 < _number("thresh", thresh) <= 1:
+            raise ConfigError(f"parameter 'thresh' must be in (0, 1] or null, got {thresh!r}")
+        if isinstance(min_kept, bool) or not isinstance(min_kept, int) or min_kept < 0:
+            raise ConfigError(f"parameter 'min_kept' must be an integer >= 0, got {min_kept!r}")
+        self.thresh = None if thresh is None else float(thresh)
+        self.min_kept = min_kept
+        self.ignore_index = _ignore(ignore_index)
+
+    def kept(self, logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """Boolean map ``(N, H, W)`` of the pixels the loss uses (float32 logits, int64 target in range)."""
+        with torch.no_grad():
+            prob = logits.softmax(1).gather(1, target.unsqueeze(1)).squeeze(1)
+            valid_prob = prob[valid]
+            batch_kept = self.min_kept * logits.shape[0]
+            keep = torch.zeros_like(valid)
+            if valid_prob.numel() == 0:
+                return keep
+            if self.thresh is None:  # mmseg ranks by loss: -log p, i.e. ascending p
+                order = valid_prob.argsort()[:batch_kept]
+                chosen = torch.zeros_like(valid_prob, dtype=torch.bool)
+                chosen[order] = True
+            else:
+                kth = valid_prob.sort().values[min(batch_kept, valid_prob.numel() - 1)]
+                chosen = valid_prob < max(float(kth), self.thresh)
+            keep[valid] = chosen
+            return keep
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        logits, target, valid = _prepare(_as_multiclass(logits), target, self.ignore_index)
+        t = torch.where(valid, target, 0)
+        keep = self.kept(logits, t, valid)
+        nll = -logits.log_softmax(1).gather(1, t.unsqueeze(1)).squeeze(1)
+        return torch.where(keep, nll, 0.0).sum() / valid.sum().clamp_min(1)
+
+
 class FocalLoss(nn.Module):
     """Softmax focal loss ``-alpha (1 - p_t)^gamma log p_t`` (Lin et al. 2017, in MISGNet's form), mean over
     valid pixels. With ``gamma=0, alpha=1`` it equals ``ce``.
@@ -221,7 +278,8 @@ class DiceLoss(nn.Module):
         return loss.mean() * valid.any()
 
 
-LOSSES: dict[str, type[nn.Module]] = {"bce": BCELoss, "ce": CELoss, "dice": DiceLoss, "focal": FocalLoss}
+LOSSES: dict[str, type[nn.Module]] = {"bce": BCELoss, "ce": CELoss, "dice": DiceLoss, "focal": FocalLoss,
+                                      "ohem_ce": OHEMCELoss}
 
 
 class CompositeLoss(nn.Module):
