@@ -207,3 +207,45 @@ def test_other_image_only_ops_change_images_but_not_labels(name: str) -> None:
     out = build_transforms([{"name": name, "p": 1}], seed=2)(s)
     assert all(np.array_equal(out[k], s[k]) for k in ("mask", "sem_a", "sem_b"))
     assert not np.array_equal(out["image_a"], img) and not np.array_equal(out["image_a"], out["image_b"])
+
+
+def test_swap_dates_exchanges_time_with_its_probability() -> None:
+    """open-cd's ExchangeTime(prob=0.5): about half of the samples come out with the dates (and maps) swapped."""
+    t = build_transforms([{"name": "swap_dates", "p": 0.5}], seed=3)
+    swapped = [bool(t(_sample())["image_a"][0, 0, 2] == 150) for _ in range(400)]
+    assert 160 < sum(swapped) < 240
+    out = next(o for o in (t(_sample()) for _ in range(20)) if o["image_a"][0, 0, 2] == 150)
+    assert np.array_equal(out["sem_a"], _sample()["sem_b"]) and np.array_equal(out["mask"], _sample()["mask"])
+
+
+def _d4_images(img: np.ndarray) -> list[np.ndarray]:
+    rots = [np.rot90(img, k) for k in range(4)]
+    return rots + [np.flip(r, axis=1) for r in rots]
+
+
+def test_rot_flip_is_open_cds_random_rot_flip() -> None:
+    """rotate (p 0.5), else with p 0.5 one of the square's 8 symmetries (quarter turn then flip), else nothing."""
+    t = build_transforms([{"name": "rot_flip", "degree": [10, 20], "interpolation": "nearest", "mask_fill": 255,
+                           "sem_fill": 9}], seed=0)
+    src = _sample(40, 40)
+    counts = {"rotated": 0, "d4": 0, "same": 0}
+    for _ in range(600):
+        out = t(src)
+        valid = _check_aligned(out)
+        if not valid.all():  # rotated by 10-20 degrees: corners filled with the ignore values
+            counts["rotated"] += 1
+            assert (out["mask"][~valid] == 255).all() and (out["sem_a"][~valid] == 9).all()
+        elif np.array_equal(out["image_a"], src["image_a"]):
+            counts["same"] += 1
+        else:
+            assert any(np.array_equal(out["image_a"], d) for d in _d4_images(src["image_a"]))
+            counts["d4"] += 1
+    # expected shares: 0.5 rotated, 0.25 * 7/8 another symmetry, 0.25 + 0.25/8 unchanged
+    assert 250 < counts["rotated"] < 350 and 90 < counts["d4"] < 175 and 120 < counts["same"] < 220, counts
+    never = build_transforms([{"name": "rot_flip", "rotate_p": 0, "flip_p": 0}], seed=0)
+    assert np.array_equal(never(src)["image_a"], src["image_a"])
+    always = build_transforms([{"name": "rot_flip", "rotate_p": 1, "degree": [15, 15], "interpolation": "nearest"}],
+                              seed=0)
+    assert not _check_aligned(always(src)).all()
+    with pytest.raises(ConfigError, match="rotate_p"):
+        build_transforms([{"name": "rot_flip", "rotate_p": 2}])

@@ -92,6 +92,25 @@ def _rotate(w: str, a: dict[str, Any]) -> A.BasicTransform:
                fill=a["fill"], fill_mask=0, mask_interpolation=cv2.INTER_NEAREST, p=a["p"])
 
 
+def _rot_flip(w: str, a: dict[str, Any]) -> A.BasicTransform:
+    """open-cd's ``MultiImgRandomRotFlip``: a rotation by ``U(degree)`` with probability ``rotate_p``; otherwise,
+    with probability ``flip_p``, a random quarter turn then a flip about a random axis (one of the square's 8
+    symmetries, uniformly); else nothing."""
+    for key in ("rotate_p", "flip_p"):
+        if isinstance(a[key], bool) or not isinstance(a[key], (int, float)) or not 0 <= a[key] <= 1:
+            raise ConfigError(f"{w}: '{key}' must be a probability in [0, 1], got {a[key]!r}")
+    p_rotate, p_flip = float(a["rotate_p"]), (1 - float(a["rotate_p"])) * float(a["flip_p"])
+    quarter = _Rot90(p=1.0)
+    quarter.factors = (0, 1, 2, 3)
+    flip = A.OneOf([A.HorizontalFlip(p=1.0), A.VerticalFlip(p=1.0)], p=1.0)
+    branches = [(_rotate(w, {**a, "limit": a["degree"], "expand": False, "p": 1.0}), p_rotate),
+                (A.Sequential([quarter, flip], p=1.0), p_flip)]
+    branches = [(op, weight) for op, weight in branches if weight > 0]
+    for op, weight in branches:
+        op.p = weight  # OneOf draws its branch with these weights
+    return A.OneOf([op for op, _ in branches], p=a["p"] * (p_rotate + p_flip)) if branches else A.NoOp(p=0.0)
+
+
 def _crop(cls: type) -> Callable[[str, dict[str, Any]], A.BasicTransform]:
     def build(w: str, a: dict[str, Any]) -> A.BasicTransform:
         h, wd = _size(w, a["size"])
@@ -132,6 +151,8 @@ _OPS: dict[str, tuple[dict[str, Any], Callable[[str, dict[str, Any]], Any], bool
     "vflip": ({"p": 0.5}, lambda w, a: A.VerticalFlip(p=a["p"]), False, False),
     "rot90": ({"p": 0.5, "factors": [1, 2, 3]}, _rot90, False, False),
     "rotate": ({"p": 0.5, "limit": 30, "expand": False, "interpolation": "bilinear", **_FILL}, _rotate, True, False),
+    "rot_flip": ({"p": 1.0, "rotate_p": 0.5, "flip_p": 0.5, "degree": 20, "interpolation": "bilinear", **_FILL},
+                 _rot_flip, True, False),
     "random_crop": ({"p": 1.0, "size": None, "cat_max_ratio": 1.0, **_FILL}, _crop(CatMaxRatioCrop), True, False),
     "center_crop": ({"p": 1.0, "size": None, **_FILL}, _crop(A.CenterCrop), True, False),
     "resize": ({"p": 1.0, "size": None, "interpolation": "bilinear"}, _resize, False, False),

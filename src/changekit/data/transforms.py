@@ -17,6 +17,8 @@ defaults to 0, ``mask_fill`` to 255, ``sem_fill`` to the ``ignore_index`` given 
 * ``hflip``, ``vflip``; ``rot90`` (``factors``: quarter turns to draw from, default [1, 2, 3]);
 * ``rotate`` (``limit`` degrees or [lo, hi], ``interpolation``, ``expand``: rotate inside the frame shrunk to
   fit, i.e. ClearSCD's ``rotate(expand=True)`` + resize back, done in one warp by ``A.SafeRotate``);
+* ``rot_flip``: open-cd's ``MultiImgRandomRotFlip`` (ChangerEx): rotate by ``degree`` (number or [lo, hi]) with
+  probability ``rotate_p``, else with probability ``flip_p`` a random quarter turn and flip; ``p`` gates the op;
 * ``random_crop``, ``center_crop`` (``size``; pad with the fills when the image is smaller), ``resize``;
   ``random_crop`` also takes mmseg's ``cat_max_ratio`` (:class:`~changekit.data.mmseg_ops.CatMaxRatioCrop`);
 * image-only, labels untouched, drawn separately per date when ``per_date`` (default true): ``photometric``
