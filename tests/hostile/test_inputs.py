@@ -305,7 +305,7 @@ def test_non_finite_loss_stops_training_in_one_line(tmp_path: Path, capsys: pyte
         return loss * float("nan"), terms
 
     monkeypatch.setattr(CompositeLoss, "forward", nan_loss)
-    line = _refused(capsys, ["train", _config(tmp_path, data), "--out", tmp_path / "run"], "at step 0", tmp_path)
+    line = _refused(capsys, ["train", _config(tmp_path, data), "--out", tmp_path / "run"], "at step 0", data)
     assert "training loss is nan" in line and ("p0" in line or "p1" in line)
     assert not (tmp_path / "run" / "checkpoints" / "last.ckpt").exists()
 
