@@ -13,6 +13,18 @@ Measured: inference pairs/s (eval, no grad) at batch 1 and 8 for each ``--sizes`
 every loss term with the global SACL term active, backward, Adam step) at ``--train-size`` / ``--train-batch``,
 timed on the second step, and the peak RSS of that process.
 
+Two fidelity checks run first (``--checks-only`` runs only them). Both start from the authors' randomly
+initialised model, saved as their ``main.py`` saves it (``{'state_dict': model.state_dict()}``) and imported
+with ``changekit convert clearscd``'s code (:func:`changekit.models.foreign.convert_foreign`):
+
+* ``check``: eval outputs of both on the same pairs (largest absolute differences);
+* ``train-check``: one training step of both from one seed (same drop-connect and dropout masks: changekit
+  draws them in the released order; every pixel is sampled by SACL at 64 px, batch 2, so its random draws do not
+  matter), global SACL active: each loss term, the relative L2 difference of every gradient (the largest, and
+  that of the projection head's first weight) and the largest difference of every BatchNorm running statistic
+  (and of the projection head's running mean). The same figures for changekit with the projection head run
+  once on both dates (``pooled_head``: what changekit did before it ran the head per date, as released).
+
 The authors' code is imported, not modified. Shims applied at run time only: their ``self.decoder(*features)``
 call is adapted to smp >= 0.5's list argument; ``Tensor.cuda`` is a no-op on CPU (their code moves index tensors
 to CUDA unconditionally); ``_init_weighets`` is skipped (it downloads torchvision weights and then loads none,
@@ -28,6 +40,7 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 import types
 from pathlib import Path
@@ -158,24 +171,23 @@ def train_step(impl: str, official: str, size: int, batch: int) -> dict[str, flo
     return {"step_s": times[-1], "first_step_s": times[0], "loss": float(value)}
 
 
-def official_to_changekit(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename the authors' state dict to changekit's (``head_seg.0.*`` -> ``head_seg.*``, 18 queues -> one)."""
-    out = {k.replace("head_seg.0.", "head_seg."): v for k, v in state.items()
-           if not k.startswith(("queue_", "ptr_"))}
-    classes = sum(1 for k in state if k.startswith("queue_A"))
-    out["queues.queue"] = torch.stack([torch.stack([state[f"queue_{t}{c}"] for c in range(classes)])
-                                       for t in "AB"])
-    out["queues.ptr"] = torch.stack([torch.cat([state[f"ptr_{t}{c}"] for c in range(classes)]) for t in "AB"])
-    return out
+def converted(theirs: Any) -> Any:
+    """changekit's ClearSCD holding the authors' model's weights, through the released checkpoint format and
+    ``changekit convert clearscd``'s code (strict loading)."""
+    from changekit.models.foreign import convert_foreign
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "1_0.5_checkpoint.pth.tar"
+        torch.save({"state_dict": theirs.state_dict()}, path)
+        model, _ = convert_foreign("clearscd", path)
+    model.current_epoch = 1  # past the warm-up: the global SACL term is active
+    return model
 
 
 def check_equivalence(official: str, size: int = 64) -> dict[str, float]:
-    """Largest absolute difference of the eval outputs with the authors' weights copied into changekit's model."""
+    """Largest absolute difference of the eval outputs with the authors' weights converted into changekit's."""
     theirs, _ = build_official(official, size)
-    ours = build_ours()
-    missing, unexpected = ours.load_state_dict(official_to_changekit(theirs.state_dict()), strict=False)
-    if unexpected or set(missing) - {"queues.filled"}:
-        raise RuntimeError(f"state dicts differ: missing {missing}, unexpected {unexpected}")
+    ours = converted(theirs)
     theirs.eval()
     ours.eval()
     d = _data(2, size)
@@ -185,6 +197,78 @@ def check_equivalence(official: str, size: int = 64) -> dict[str, float]:
     return {"max_abs_diff_sem_a": float((t["seg_A"] - o.sem_a).abs().max()),
             "max_abs_diff_sem_b": float((t["seg_B"] - o.sem_b).abs().max()),
             "max_abs_diff_change": float((t["BCD"] - o.change).abs().max())}
+
+
+def _official_step(model: Any, d: dict[str, torch.Tensor]) -> dict[str, float]:
+    from loss.losses import BCDLoss  # type: ignore[import-not-found]  (importable once the path is set)
+
+    ce = torch.nn.CrossEntropyLoss(ignore_index=9)
+    out = model(torch.cat([d["a"], d["b"]], 1), d["sem_a"], d["sem_b"], d["change"], test=False, warmup=False)
+    terms = {"change": BCDLoss()(out["BCD"], d["change"]), "ce_sem_a": ce(out["seg_A"], d["sem_a"]),
+             "ce_sem_b": ce(out["seg_B"], d["sem_b"]), "sacl": out["contrast_loss"], "bscc": out["bscc_loss"]}
+    sum(terms.values()).backward()
+    return {k: float(v) for k, v in terms.items()}
+
+
+def _changekit_step(model: Any, d: dict[str, torch.Tensor]) -> dict[str, float]:
+    from changekit.losses import build_loss
+
+    loss = build_loss([{"name": "bce", "ignore_index": 255}, {"name": "dice", "ignore_index": 255, "skip_empty": True},
+                       {"name": "ce", "target": "sem_a", "ignore_index": 9},
+                       {"name": "ce", "target": "sem_b", "ignore_index": 9}])
+    batch = {"mask": d["change"], "sem_a": d["sem_a"], "sem_b": d["sem_b"]}
+    out = model(d["a"], d["b"])
+    total, parts = loss(out, batch)
+    extra = model.extra_losses(out, batch)
+    (total + sum(extra.values())).backward()
+    return {"change": float(parts["bce"] + parts["dice"]), "ce_sem_a": float(parts["ce_sem_a"]),
+            "ce_sem_b": float(parts["ce_sem_b"]), "sacl": float(extra["sacl_local"] + extra["sacl_global"]),
+            "bscc": float(extra["bscc"])}
+
+
+def check_training(official: str, size: int = 64, batch: int = 2) -> dict[str, Any]:
+    """One training step of the authors' model and of changekit's, same weights and seed (see the module doc)."""
+    theirs, _ = build_official(official, size)
+    ours, pooled = converted(theirs), converted(theirs)
+
+    def pooled_head(fa: torch.Tensor, fb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        proj = pooled.proj_head(torch.cat([fa, fb], 0))  # changekit before: one head pass over both dates
+        return proj[: fa.shape[0]], proj[fa.shape[0] :]
+
+    pooled._project = pooled_head
+    d = _data(batch, size)
+    losses = {}
+    for name, model, step in (("official", theirs, _official_step), ("changekit", ours, _changekit_step),
+                              ("pooled_head", pooled, _changekit_step)):
+        model.train()
+        torch.manual_seed(0)
+        losses[name] = step(model, d)
+    ref_params = dict(theirs.named_parameters())
+    ref_buffers = dict(theirs.named_buffers())
+    res: dict[str, Any] = {"losses": losses}
+    grads = {k: p.grad for k, p in ref_params.items() if p.grad is not None}
+    total = float(torch.stack([g.norm() for g in grads.values()]).norm())
+    for name, model in (("changekit", ours), ("pooled_head", pooled)):
+        rel, absolute = {}, 0.0
+        for key, p in model.named_parameters():
+            g_ref = grads.get(key.replace("head_seg.", "head_seg.0."))
+            if p.grad is None or g_ref is None:  # the encoder's unused _conv_head / _bn1
+                continue
+            absolute = max(absolute, float((p.grad - g_ref).abs().max()))
+            # relative L2 where the gradient is not ~0 (biases of convolutions followed by BatchNorm: float noise)
+            if float(g_ref.norm()) > 1e-5 * total:
+                rel[key] = float((p.grad - g_ref).norm() / g_ref.norm())
+        stats = {key: float((b - ref_buffers[key]).abs().max()) for key, b in model.named_buffers()
+                 if key.endswith(("running_mean", "running_var"))}
+        worst = max(rel, key=rel.get)
+        res[name] = {
+            "max_abs_loss_diff": max(abs(losses[name][k] - losses["official"][k]) for k in losses["official"]),
+            "proj_first_weight_grad_rel_l2": rel["proj_head.proj.0.weight"],
+            "proj_running_mean_max_abs_diff": stats["proj_head.proj.1.running_mean"],
+            "max_grad_rel_l2": rel[worst], "max_grad_rel_l2_param": worst, "grads_compared": len(rel),
+            "max_abs_grad_diff": absolute, "max_bn_stat_abs_diff": max(stats.values()),
+        }
+    return res
 
 
 def _worker(ns: argparse.Namespace) -> None:
@@ -197,6 +281,8 @@ def _worker(ns: argparse.Namespace) -> None:
     torch.manual_seed(0)
     if ns.kind == "check":
         res = check_equivalence(ns.official, ns.size)
+    elif ns.kind == "train-check":
+        res = check_training(ns.official, ns.size, ns.batch)
     elif ns.kind == "infer":
         res = infer(ns.impl, ns.official, ns.size, ns.batch, ns.reps)
     else:
@@ -226,6 +312,7 @@ def main() -> None:
     p.add_argument("--train-size", type=int, default=512)
     p.add_argument("--train-batch", type=int, default=8)
     p.add_argument("--no-train", action="store_true")
+    p.add_argument("--checks-only", action="store_true", help="only the eval and training fidelity checks")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--reps", type=int, default=2, help="timed inference batches after one warm-up batch")
     p.add_argument("--allocator", choices=("system", "tuned"), default="system",
@@ -240,12 +327,12 @@ def main() -> None:
         return
     if not (Path(ns.official) / "model" / "ClearSCD.py").is_file():
         sys.exit(f"{ns.official}: not a ClearSCD checkout (model/ClearSCD.py missing)")
-    results = [_spawn(ns, "both", "check", 64, 2)]
-    for size in ns.sizes:
+    results = [_spawn(ns, "both", "check", 64, 2), _spawn(ns, "both", "train-check", 64, 2)]
+    for size in [] if ns.checks_only else ns.sizes:
         for batch in ns.batches:
             for impl in ("official", "changekit"):
                 results.append(_spawn(ns, impl, "infer", size, batch))
-    if not ns.no_train:
+    if not (ns.no_train or ns.checks_only):
         for impl in ("official", "changekit"):
             results.append(_spawn(ns, impl, "train", ns.train_size, ns.train_batch))
     if ns.out:

@@ -1,16 +1,22 @@
-"""ClearSCD: contract, exact parameter count, CVAPS wiring, SACL/BSCC maths against the released formulas."""
+"""ClearSCD: contract, exact parameter count, CVAPS wiring, SACL/BSCC maths against the released formulas,
+per-date BatchNorm of the SACL projection head, import of the authors' released checkpoints."""
 
 from __future__ import annotations
 
 import copy
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 import torch.nn.functional as F
+from typer.testing import CliRunner
 
 import changekit.models.clearscd  # noqa: F401  (registers the model until models/__init__ imports it)
-from changekit.errors import ConfigError
+from changekit.cli import app, main
+from changekit.engine.checkpoint import load_checkpoint
+from changekit.errors import CheckpointError, ConfigError
 from changekit.models import build_model, count_parameters
 from changekit.models.clearscd import ClearSCD
 from changekit.models.clearscd.losses import (
@@ -21,6 +27,7 @@ from changekit.models.clearscd.losses import (
     local_sacl,
     sample_per_class,
 )
+from changekit.models.foreign import convert_foreign
 
 from .base import BaseModelTester
 
@@ -281,3 +288,130 @@ def test_add_merge_equals_smps_merge_block() -> None:
     torch.testing.assert_close(AddMerge()(xs), MergeBlock("add")(xs))
     AddMerge()(xs).sum().backward()
     assert all(torch.equal(x.grad, torch.ones_like(x)) for x in xs)
+
+
+# ------------------------------------------------------------------ per-date BatchNorm of the projection head
+def _sacl_head_step(head: torch.nn.Module, fa: torch.Tensor, fb: torch.Tensor, seg_a: torch.Tensor,
+                    seg_b: torch.Tensor, lab_a: torch.Tensor, lab_b: torch.Tensor, queue: torch.Tensor,
+                    per_date: bool) -> None:
+    """Reference: ClearSCD's SACL terms from fixed decoder features, with the projection head called per date
+    (released) or once on both dates; backward into ``head``."""
+    if per_date:
+        pa, pb = head(fa), head(fb)
+    else:
+        pa, pb = head(torch.cat([fa, fb])).chunk(2)
+    total = local_sacl(pa, pb, fa, fb, lab_a, lab_b, 9, sample_num=1024)
+    for proj, seg, lab in ((pa, seg_a, lab_a), (pb, seg_b, lab_b)):
+        total = total + global_sacl(*class_queries(proj, seg, lab, 9), queue)
+    total.backward()
+
+
+@pytest.mark.parametrize("siamese_batch", [False, True])
+def test_projection_head_batchnorm_sees_each_date_as_released(siamese_batch: bool) -> None:
+    """The released forward calls ``proj_head(seg_A)`` then ``proj_head(seg_B)``: its BatchNorm normalises each
+    date with that date's statistics and updates its running statistics twice. After one training step the
+    head's gradients and running statistics equal a reference that calls our head per date on the model's own
+    decoder features, and differ from one that runs it once on both dates (``siamese_batch=True`` matches that
+    one instead)."""
+    torch.manual_seed(0)
+    model: ClearSCD = build_model("clearscd", siamese_batch=siamese_batch, bscc=False,  # type: ignore[assignment]
+                                  **SMALL).train()
+    model.current_epoch = 1  # past the warm-up: both SACL terms
+    gen = torch.Generator().manual_seed(1)
+    a, b = torch.randn(2, 3, 64, 64, generator=gen), torch.randn(2, 3, 64, 64, generator=gen) * 2 + 1
+    sem_a, sem_b = torch.randint(0, 10, (2, 2, 64, 64), generator=gen).unbind(1)
+    calls: list[tuple[str, int]] = []
+    for name, module in (("encoder", model.encoder._conv_stem), ("decoder", model.decoder),
+                         ("proj_head", model.proj_head)):
+        module.register_forward_hook(lambda m, args, out, name=name: calls.append((name, len(out))))
+    pristine = copy.deepcopy(model.proj_head)
+    queue = model.queues.queue.clone()  # the step pushes into the queues after computing the global term
+    out = model(a, b)
+    terms = model.extra_losses(out, {"sem_a": sem_a, "sem_b": sem_b})
+    forward_calls = list(calls)  # (the checkpointed encoder runs again during backward)
+    sum(terms.values()).backward()  # type: ignore[union-attr]
+    if siamese_batch:
+        assert forward_calls == [("encoder", 4), ("decoder", 4), ("proj_head", 4)]
+    else:  # the released order and grouping
+        assert forward_calls == [("encoder", 2), ("encoder", 2), ("decoder", 2), ("decoder", 2), ("proj_head", 2),
+                         ("proj_head", 2)]
+    fa, fb = out.aux["feat_a"].detach(), out.aux["feat_b"].detach()
+    lab_a, lab_b = (F.interpolate(s[:, None].float(), size=(16, 16), mode="nearest")[:, 0].long()
+                    for s in (sem_a, sem_b))
+    refs = {}
+    for per_date in (True, False):
+        refs[per_date] = copy.deepcopy(pristine)
+        _sacl_head_step(refs[per_date], fa, fb, out.aux["seg_low_a"].detach(), out.aux["seg_low_b"].detach(),
+                        lab_a, lab_b, queue, per_date)
+    same, other = refs[not siamese_batch], refs[siamese_batch]
+    for (name, p), p_ref in zip(model.proj_head.named_parameters(), same.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, p_ref.grad, rtol=1e-4, atol=1e-6, msg=name)
+    for (name, buf), b_ref in zip(model.proj_head.named_buffers(), same.buffers(), strict=True):
+        torch.testing.assert_close(buf, b_ref, rtol=1e-5, atol=1e-6, msg=name)
+    assert int(model.proj_head.proj[1].num_batches_tracked) == (1 if siamese_batch else 2)
+    # the comparison tells the two groupings apart: the other grouping is far off
+    g, g_other = model.proj_head.proj[0].weight.grad, other.proj[0].weight.grad
+    assert float((g - g_other).norm() / g.norm()) > 0.01
+    assert float((model.proj_head.proj[1].running_mean - other.proj[1].running_mean).abs().max()) > 1e-3
+
+
+# ------------------------------------------------------------------ the authors' released checkpoint
+KEYS = Path(__file__).resolve().parents[1] / "data" / "clearscd_keys.json"
+
+
+def _released_checkpoint(path: Path, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A random checkpoint with the names, shapes and dtypes of the authors' model, saved as their main.py
+    does (``{'state_dict': model.state_dict()}``)."""
+    gen = torch.Generator().manual_seed(seed)
+    keys = json.loads(KEYS.read_text())["keys"]
+    state = {k: torch.randint(0, 512, shape, generator=gen) if dtype == "int64" else torch.randn(shape, generator=gen)
+             for k, (shape, dtype) in keys.items()}
+    torch.save({"state_dict": state}, path)
+    return state
+
+
+def test_released_checkpoint_converts_strictly(tmp_path: Path) -> None:
+    src = tmp_path / "30_1.234_checkpoint.pth.tar"
+    state = _released_checkpoint(src)
+    model, cfg = convert_foreign("clearscd", src)
+    assert isinstance(model, ClearSCD) and not model.training
+    assert cfg["model"]["name"] == "clearscd" and cfg["data"]["task"] == "semantic" and cfg["data"]["ignore_index"] == 9
+    own = model.state_dict()
+    assert len(state) == 457 and len(own) == 424  # 18 queues + 18 pointers -> queue, ptr, filled
+    for key, value in state.items():
+        if key.startswith(("queue_", "ptr_")):
+            continue
+        assert torch.equal(own[key.replace("head_seg.0.", "head_seg.")], value.to(own[key.replace(
+            "head_seg.0.", "head_seg.")].dtype)), key
+    for t, date in enumerate("AB"):
+        for c in range(9):
+            assert torch.equal(own["queues.queue"][t, c], state[f"queue_{date}{c}"])
+            assert int(own["queues.ptr"][t, c]) == int(state[f"ptr_{date}{c}"])
+    assert torch.equal(own["queues.filled"], torch.full((2, 9), 512))
+    out = tmp_path / "clearscd.ckpt"
+    res = CliRunner().invoke(app, ["convert", "clearscd", str(src), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "clearscd" in res.output and "5,780,499 parameters" in res.output
+    loaded, _ = load_checkpoint(out)
+    assert torch.equal(loaded.state_dict()["queues.queue"], own["queues.queue"])
+
+
+def test_another_models_checkpoint_is_refused_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    torch.manual_seed(0)
+    src = tmp_path / "fc_siam_diff.pth"
+    torch.save({"state_dict": build_model("fc_siam_diff").state_dict()}, src)
+    with pytest.raises(CheckpointError, match=r"not a clearscd checkpoint .*missing .*unexpected") as err:
+        convert_foreign("clearscd", src)
+    assert "\n" not in str(err.value)
+    capsys.readouterr()
+    assert main(["convert", "clearscd", str(src), "--out", str(tmp_path / "x.ckpt")]) == 2
+    err_out = capsys.readouterr().err
+    assert err_out.startswith("error: ") and err_out.count("\n") == 1, err_out
+    assert not (tmp_path / "x.ckpt").exists()
+    # a released checkpoint with one queue missing is refused too (the set of queues is not complete)
+    src2 = tmp_path / "partial.pth"
+    state = _released_checkpoint(src2)
+    del state["queue_B4"]
+    torch.save({"state_dict": state}, src2)
+    with pytest.raises(CheckpointError, match=r"missing \(queues\.filled"):
+        convert_foreign("clearscd", src2)

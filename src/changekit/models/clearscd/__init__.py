@@ -11,7 +11,8 @@ InfoNCE + global per-class, per-date memory queues with warm-up and hard query s
 buffers (saved in checkpoints). 5,780,499 parameters at the defaults (the encoder's unused ``_conv_head`` /
 ``_bn1`` included, as in the released model).
 
-Modules: :mod:`.heads` (CVAPS, projection), :mod:`.losses` (SACL, queues, BSCC), :mod:`.model` (the network).
+Modules: :mod:`.heads` (CVAPS, projection), :mod:`.losses` (SACL, queues, BSCC), :mod:`.model` (the network),
+:mod:`.convert` (the authors' released checkpoints).
 Departures from the released code, all documented in ``docs/models/clearscd.md`` and none changing a result:
 ImageNet weights load for real when asked (``encoder_weights``; ``None`` reproduces the released random start);
 SACL is computed without per-class Python loops over pixels and without pixel-by-pixel logits matrices; the
@@ -25,6 +26,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..registry import register_model
+from . import convert  # noqa: F401  (registers `changekit convert clearscd`)
 from .heads import CVAPSHead, ProjectionHead
 from .model import ClearSCD
 

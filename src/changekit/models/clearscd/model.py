@@ -148,10 +148,11 @@ class ClearSCD(ChangeModel):
         sample_num, temperature, contrast_weight: local SACL (1024 pixels per class and date, 0.1, 0.1).
         queue_len, enqueue_len: memory size per class and date (512) and pixels pushed per step (64).
         bscc, bscc_weight, bscc_margin: BSCC term (on, 0.1, 2.0).
-        siamese_batch: in training, run both dates through the encoder as one batch (BatchNorm statistics are
-            then pooled over both dates). ``False`` (default) runs one pass per date like the released code, which
-            is also faster on CPU at 512 px (smaller working set). In eval both give the same result and the dates
-            are always batched.
+        siamese_batch: in training, run both dates through the encoder and the SACL projection head as one
+            batch (their BatchNorm statistics are then pooled over both dates). ``False`` (default) runs one pass
+            per date like the released code (encoder A, encoder B, then the decoder and the projection head per
+            date), which is also faster on CPU at 512 px (smaller working set). In eval both give the same
+            result and the dates are always batched.
         checkpoint_encoder: in training, recompute the encoder's activations during backward instead of keeping
             them (about 1/3 of the training memory at 512 px for one extra encoder forward). Same results.
         cpu_eval_chunk: in eval on CPU, run at most this many pairs per pass (0: the whole batch). Large
@@ -162,6 +163,9 @@ class ClearSCD(ChangeModel):
 
     task = "semantic"
     input_divisor = 32
+    #: what the BatchNorms of the Siamese parts (encoder, SACL projection head) see in training by default:
+    #: each date's batch on its own, as in the released code (tests/models/test_siamese_batchnorm.py)
+    siamese_bn = "per_date"
     cpu_channels_last: bool = True  # CPU eval speed switch (benchmarks compare both); same results
     cpu_fused_encoder: bool = True  # CPU inference speed switch: BN-folded, activation-fused encoder (fast.py)
 
@@ -227,7 +231,22 @@ class ClearSCD(ChangeModel):
         if self.siamese_batch or not self.training:
             feats = self.decoder(self._encode(torch.cat([a, b], 0)))
             return feats[: a.shape[0]], feats[a.shape[0] :]
-        return self.decoder(self._encode(a)), self.decoder(self._encode(b))
+        # the released order: encoder A, encoder B, decoder A, decoder B (so that, from one seed, drop-connect
+        # and decoder dropout draw the same masks as the authors' code)
+        enc_a, enc_b = self._encode(a), self._encode(b)
+        return self.decoder(enc_a), self.decoder(enc_b)
+
+    def _project(self, feat_a: torch.Tensor, feat_b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """SACL projections of both dates ``(N, C, h, w)`` each.
+
+        As released, the head runs once per date (A, then B), so its BatchNorm normalises each date with that
+        date's statistics and updates its running statistics twice; with ``siamese_batch`` it runs once over
+        both dates (pooled statistics, one update), like the encoder.
+        """
+        if self.siamese_batch:
+            proj = self.proj_head(torch.cat([feat_a, feat_b], 0))
+            return proj[: feat_a.shape[0]], proj[feat_a.shape[0] :]
+        return self.proj_head(feat_a), self.proj_head(feat_b)
 
     def forward(self, a: torch.Tensor, b: torch.Tensor, **extras: Any) -> ChangeOutput:
         """Both dates' class logits and the change logit at input size; features in ``aux`` in training."""
@@ -259,8 +278,7 @@ class ClearSCD(ChangeModel):
             aux = {"feat_a": feat_a, "feat_b": feat_b, "seg_low_a": seg_a, "seg_low_b": seg_b,
                    "change_low": change_low}
             if self.sacl_local or self.sacl_global:
-                proj = self.proj_head(torch.cat([feat_a, feat_b], 0))
-                aux["proj_a"], aux["proj_b"] = proj[:n], proj[n:]
+                aux["proj_a"], aux["proj_b"] = self._project(feat_a, feat_b)
         k = self.num_classes
         return ChangeOutput(change=up[:, :1], sem_a=up[:, 1 : 1 + k], sem_b=up[:, 1 + k :], aux=aux)
 
