@@ -13,6 +13,7 @@ registered but, by design, get no gradient from the outputs).
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
@@ -31,6 +32,22 @@ def train_losses(step_loss: Callable[[], torch.Tensor], opt: torch.optim.Optimiz
         opt.step()
         losses.append(float(loss))
     return losses
+
+
+def train_recipe_via_cli(recipe: Path, root: Path, out: Path, *overrides: str) -> dict[str, Any]:
+    """``changekit train RECIPE`` for two CPU steps on the generated set ``root`` (``synth_root``); returns the
+    resolved config the run wrote. ``overrides`` are further ``--set`` items."""
+    import yaml
+
+    from changekit.cli import main
+
+    items = [f"data.train={root / 'train'}", f"data.val={root / 'val'}", f"data.test={root / 'val'}",
+             "data.batch_size=2", "data.num_workers=0", "trainer.max_steps=2", "trainer.limit_val_batches=1",
+             "trainer.accelerator=cpu", "trainer.devices=1", "trainer.progress_bar=false",
+             "trainer.log_every_n_steps=1", *overrides]
+    assert main(["train", str(recipe), "--out", str(out), *(a for item in items for a in ("--set", item))]) == 0
+    assert (out / "model.ckpt").is_file()
+    return yaml.safe_load((out / "config.yaml").read_text())
 
 
 def _outputs(out: ChangeOutput) -> list[torch.Tensor]:

@@ -119,3 +119,22 @@ def check_change_channels(value: Any) -> None:
         raise ConfigError(
             f"model argument 'num_classes' must be 1 (sigmoid logit) or 2 (two-class logits), got {value!r}"
         )
+
+
+def init_conv_bn(module: nn.Module) -> None:
+    """mmcv/mmseg's default initialisation of conv-BN networks trained from scratch: Kaiming-normal (fan-out,
+    ReLU) ``Conv2d`` weights, BatchNorm weight 1 and bias 0 (transposed convolutions keep PyTorch's default)."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+def seg_classifier(channels: int, classes: int) -> nn.Conv2d:
+    """mmseg's ``conv_seg``: a 1x1 classifier initialised N(0, 0.01) with bias 0 (``BaseDecodeHead``)."""
+    conv = nn.Conv2d(channels, classes, kernel_size=1)
+    nn.init.normal_(conv.weight, std=0.01)
+    nn.init.zeros_(conv.bias)
+    return conv

@@ -90,8 +90,12 @@ def load_encoder_weights(encoder: nn.Module, path: str | Path) -> None:
     ``ConfigError`` naming the keys; unexpected keys are logged as a warning.
     """
     path = Path(path)
+    load_encoder_state(encoder, _read_state_dict(path), path)
+
+
+def load_encoder_state(encoder: nn.Module, raw: dict[str, torch.Tensor], path: str | Path) -> None:
+    """:func:`load_encoder_weights` for a state dict already read (and renamed) from ``path`` (named in messages)."""
     own = encoder.state_dict()
-    raw = _read_state_dict(path)
     prefix = _best_prefix(list(raw), set(own))
     state = {k[len(prefix) :]: v for k, v in raw.items() if k.startswith(prefix)}
     if prefix:
@@ -161,6 +165,10 @@ class SiamUnet(ChangeModel):
         num_classes: 2 for two-class logits (default), 1 for one sigmoid logit.
         fusion: ``"diff"`` (``|a-b|``, default), ``"concat"`` or ``"sum"``.
     """
+
+    #: changekit's own baseline, with no reference code to follow: the encoder's BatchNorms normalise both
+    #: dates as one batch in training (tests/models/test_siamese_batchnorm.py)
+    siamese_bn = "joint"
 
     def __init__(
         self,
