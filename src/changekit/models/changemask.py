@@ -12,6 +12,10 @@ multiplied, so it is symmetric in time; a second UNet decoder on the TST feature
 outputs are at input resolution. As in that file, the TST block of the raw-input level is built (and counted)
 but the UNet decoder drops that level, so its parameters get no gradient. Same weight switch as ClearSCD:
 ``encoder_weights=None`` reproduces the released (non-)loading of ImageNet weights.
+
+In training the encoder and the segmentation decoder run once per date (A, then B), as in that file, so their
+BatchNorms normalise each date with its own statistics; ``date_batched=True`` runs both dates as one batch
+(statistics pooled). In eval both give the same result and the dates always go through as one batch.
 """
 
 from __future__ import annotations
@@ -68,20 +72,28 @@ class ChangeMask(ChangeModel):
         num_classes: semantic classes (9 for Hi-UCD).
         encoder_weights: ``None`` (released: no ImageNet weights), ``"imagenet"`` or a local state-dict file.
         decoder_channels: UNet decoder widths (five levels).
+        date_batched: in training, run both dates through the encoder and the segmentation decoder as one batch
+            (BatchNorm statistics pooled over both dates). ``False`` (default): one pass per date, as released.
     """
 
     task = "semantic"
     input_divisor = 32
+    #: the BatchNorms of the Siamese encoder and segmentation decoder see each date's batch on its own in
+    #: training, as in the released code (tests/models/test_siamese_batchnorm.py)
+    siamese_bn = "per_date"
 
     def __init__(self, in_channels: int = 3, num_classes: int = 9, encoder_weights: str | None = None,
-                 decoder_channels: tuple[int, ...] | list[int] = _DECODER) -> None:
+                 decoder_channels: tuple[int, ...] | list[int] = _DECODER, date_batched: bool = False) -> None:
         super().__init__()
         check_int("in_channels", in_channels)
         check_int("num_classes", num_classes)
         if len(decoder_channels) != 5 or not all(isinstance(c, int) and c > 0 for c in decoder_channels):
             raise ConfigError(f"model argument 'decoder_channels' must be 5 positive integers, got {decoder_channels}")
+        if not isinstance(date_batched, bool):
+            raise ConfigError(f"model argument 'date_batched' must be true or false, got {date_batched!r}")
         from segmentation_models_pytorch.decoders.unet.decoder import UnetDecoder
 
+        self.date_batched = date_batched
         self.in_channels, self.num_classes = in_channels, num_classes
         self.encoder = native_same_padding(build_encoder(in_channels, encoder_weights))
         channels = list(self.encoder.out_channels)
@@ -94,10 +106,15 @@ class ChangeMask(ChangeModel):
     def forward(self, a: torch.Tensor, b: torch.Tensor, **extras: Any) -> ChangeOutput:  # noqa: D102
         self.check_input(a, b)
         n = a.shape[0]
-        feats = self.encoder(torch.cat([a, b], 0))
-        change = self.bcd_head(self.bcd_decoder(self.tst([f[:n] for f in feats], [f[n:] for f in feats])))
-        seg = self.seg_head(self.seg_decoder(feats))
-        return ChangeOutput(change=change, sem_a=seg[:n], sem_b=seg[n:])
+        if self.date_batched or not self.training:
+            feats = self.encoder(torch.cat([a, b], 0))
+            change = self.bcd_head(self.bcd_decoder(self.tst([f[:n] for f in feats], [f[n:] for f in feats])))
+            seg = self.seg_head(self.seg_decoder(feats))
+            return ChangeOutput(change=change, sem_a=seg[:n], sem_b=seg[n:])
+        feats_a, feats_b = self.encoder(a), self.encoder(b)  # the released order
+        change = self.bcd_head(self.bcd_decoder(self.tst(feats_a, feats_b)))
+        seg_a, seg_b = (self.seg_head(self.seg_decoder(f)) for f in (feats_a, feats_b))
+        return ChangeOutput(change=change, sem_a=seg_a, sem_b=seg_b)
 
 
 @register_model

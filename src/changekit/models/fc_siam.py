@@ -14,9 +14,10 @@ per level; the last convolution emits the change logits at input resolution.
 
 Implementation choices:
 
-* Both dates go through the shared encoder in one batched pass (``torch.cat([a, b])``, then split), which is
-  faster than two passes on CPU and GPU. In eval mode this is exactly the two-pass result; in training, BatchNorm
-  statistics are computed over both dates together rather than per date.
+* FC-Siam: in training, the shared encoder runs once per date (date A, then B), as in the original code and in
+  open-cd, so that each BatchNorm normalises a date with that date's statistics (``siamese_bn = "per_date"``).
+  ``date_batched=True`` runs both dates as one batch instead (BatchNorm statistics pooled over both dates).
+  In eval both give the same result and the dates always go through in one batched pass.
 * Inputs are replicate-padded internally to a multiple of 16 and the logits cropped back, so any input size
   works (``input_divisor = 1``). The original code instead replicate-pads the upsampled decoder maps.
 * CPU speed: on CPU the input is switched to channels_last (oneDNN runs these small-width convolutions ~35 %
@@ -127,6 +128,9 @@ class FCEF(ChangeModel):
         dropout: Dropout2d probability after every conv-BN-ReLU (0 disables).
     """
 
+    #: early fusion: no layer sees one date alone (tests/models/test_siamese_batchnorm.py)
+    siamese_bn = "none"
+
     def __init__(self, in_channels: int = 3, num_classes: int = 2, base_channels: int = 16, dropout: float = 0.2):
         super().__init__()
         _check_args(in_channels, num_classes, base_channels, dropout)
@@ -153,7 +157,12 @@ class FCSiam(ChangeModel):
         base_channels: width of the first level; levels are 1, 2, 4, 8 times this.
         dropout: Dropout2d probability after every conv-BN-ReLU (0 disables).
         fusion: ``"concat"`` (FC-Siam-conc: both dates' skips) or ``"diff"`` (FC-Siam-diff: ``|a - b|``).
+        date_batched: in training, run both dates through the encoder as one batch (BatchNorm statistics pooled
+            over both dates). ``False`` (default): one pass per date, as the original code and open-cd do.
     """
+
+    #: the encoder's BatchNorms see each date's batch on its own in training, as in the original code
+    siamese_bn = "per_date"
 
     def __init__(
         self,
@@ -162,14 +171,18 @@ class FCSiam(ChangeModel):
         base_channels: int = 16,
         dropout: float = 0.2,
         fusion: str = "diff",
+        date_batched: bool = False,
     ) -> None:
         super().__init__()
         _check_args(in_channels, num_classes, base_channels, dropout)
         if fusion not in ("concat", "diff"):
             raise ConfigError(f"model argument 'fusion' must be 'concat' or 'diff', got {fusion!r}")
+        if not isinstance(date_batched, bool):
+            raise ConfigError(f"model argument 'date_batched' must be true or false, got {date_batched!r}")
         self.in_channels = in_channels
         self.change_channels = num_classes
         self.fusion = fusion
+        self.date_batched = date_batched
         widths = tuple(base_channels * 2**i for i in range(_LEVELS))
         self.encoder = FCEncoder(in_channels, widths, dropout)
         self.decoder = FCDecoder(widths, 2 if fusion == "concat" else 1, num_classes, dropout)
@@ -177,10 +190,15 @@ class FCSiam(ChangeModel):
     def forward(self, a: torch.Tensor, b: torch.Tensor, **extras: Any) -> ChangeOutput:  # noqa: D102
         self.check_input(a, b)
         n, (h, w) = a.shape[0], a.shape[-2:]
-        x = pad_to_multiple(cpu_fast_layout(torch.cat([a, b], dim=0)), _DIVISOR)
-        bottom, skips = self.encoder(x)
-        bottom = bottom[n:]  # the original decodes from the pooled bottom of its second (date-B) pass
-        fused = [fuse(s[:n], s[n:], self.fusion) for s in skips]
+        if self.date_batched or not self.training:
+            x = pad_to_multiple(cpu_fast_layout(torch.cat([a, b], dim=0)), _DIVISOR)
+            bottom, skips = self.encoder(x)
+            skips_a, skips_b = [s[:n] for s in skips], [s[n:] for s in skips]
+            bottom = bottom[n:]  # the original decodes from the pooled bottom of its second (date-B) pass
+        else:
+            _, skips_a = self.encoder(pad_to_multiple(cpu_fast_layout(a), _DIVISOR))
+            bottom, skips_b = self.encoder(pad_to_multiple(cpu_fast_layout(b), _DIVISOR))
+        fused = [fuse(sa, sb, self.fusion) for sa, sb in zip(skips_a, skips_b, strict=True)]
         return ChangeOutput(change=crop_to(self.decoder(bottom, fused), h, w))
 
 
