@@ -148,7 +148,7 @@ def test_missing_tags_are_an_error_unless_allowed() -> None:
 @pytest.mark.parametrize("name", sorted(TINY))
 def test_date_batched_equals_two_passes_in_eval(name: str) -> None:
     a, b = pair()
-    fast, slow = tiny(name).eval(), tiny(name, date_batched=False).eval()
+    fast, slow = tiny(name, date_batched=True).eval(), tiny(name, date_batched=False).eval()
     slow.load_state_dict(fast.state_dict())
     ex = fast.example_extras(2)
     with torch.no_grad():

@@ -45,8 +45,9 @@ class ChangeCLIP(ChangeModel):
         text_tags_b_from_a: the released inference builds date B's foreground prompt from date A's tags; ``True``
             reproduces that at evaluation (training always uses each date's own tags, as the original does).
         allow_untagged: a forward call without ``tags_a`` / ``tags_b`` uses empty tags instead of raising.
-        date_batched: run both dates through the image tower as one batch (faster); in training BatchNorm then
-            sees both dates' statistics together, whereas the original runs the dates one after the other.
+        date_batched: run both dates through the image tower as one batch (faster). In training its BatchNorms
+            (RN50; the ViT's first adapter) then normalise both dates' statistics together, whereas the original
+            runs the dates one after the other: ``False`` (default) does that. Evaluation is the same either way.
         clip_weights: a CLIP checkpoint (OpenAI ``.pt`` TorchScript archive, or an (open_clip) state dict) whose
             image and text towers initialise the model, as ChangeCLIP's ``pretrained='pretrained/RN50.pt'``;
             ``"openai"`` downloads OpenAI's weights through open_clip; ``None``: random initialisation.
@@ -54,6 +55,9 @@ class ChangeCLIP(ChangeModel):
 
     input_divisor = 32
     extra_inputs = ("tags_a", "tags_b")
+    #: the image tower's BatchNorms see each date's batch on its own in training, as in the original
+    #: (tests/models/test_siamese_batchnorm.py); ``date_batched=True`` pools them
+    siamese_bn = "per_date"
 
     def __init__(
         self,
@@ -71,7 +75,7 @@ class ChangeCLIP(ChangeModel):
         num_tags: int = 9,
         text_tags_b_from_a: bool = False,
         allow_untagged: bool = False,
-        date_batched: bool = True,
+        date_batched: bool = False,
         clip_weights: str | None = None,
     ) -> None:
         super().__init__()
