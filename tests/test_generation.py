@@ -84,6 +84,31 @@ def test_training_resumes_exactly(scenes: Path, tmp_path: Path, monkeypatch: pyt
         assert torch.equal(a, b)
 
 
+def test_resume_with_more_steps_trains_them(scenes: Path, tmp_path: Path) -> None:
+    """A finished run resumed with a larger train.ldm_steps trains the extra diffusion steps (and says so in
+    generator.yaml); the same counts train nothing; a larger train.ae_steps after the diffusion stage is refused."""
+    import yaml
+
+    args = dict(images=scenes / "im1", masks=scenes / "label1", classes=load_class_table(scenes / "classes.yaml"),
+                progress=False, out=tmp_path / "run")
+    base = ["train.ae_steps=1", "train.sample_every=100", "sample.steps=2"]
+    first = gtrain.train_generator(settings=resolve_settings("tiny", overrides=[*base, "train.ldm_steps=2"]), **args)
+    w2 = {k: v.clone() for k, v in first.unet.state_dict().items()}
+    same = gtrain.train_generator(settings=resolve_settings("tiny", overrides=[*base, "train.ldm_steps=2"]),
+                                  resume=True, **args)
+    assert all(torch.equal(w2[k], v) for k, v in same.unet.state_dict().items())
+    more = gtrain.train_generator(settings=resolve_settings("tiny", overrides=[*base, "train.ldm_steps=4"]),
+                                  resume=True, **args)
+    assert any(not torch.equal(w2[k], v) for k, v in more.unet.state_dict().items())
+    meta = yaml.safe_load((tmp_path / "run" / "generator.yaml").read_text())
+    assert meta["settings"]["train"]["ldm_steps"] == 4
+    assert torch.load(tmp_path / "run" / "state.pt", weights_only=True)["step"] == 4
+    with pytest.raises(ConfigError, match="train.ae_steps=3 cannot be added"):
+        gtrain.train_generator(settings=resolve_settings("tiny", overrides=[*base, "train.ldm_steps=4",
+                                                                            "train.ae_steps=3"]),
+                               resume=True, **args)
+
+
 def test_condition_and_latent_mixing() -> None:
     masks = torch.tensor([[[0, 0, 1, 255], [0, 0, 1, 1]]])
     cond = mask_condition(masks, 3, (1, 2))

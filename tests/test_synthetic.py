@@ -23,7 +23,7 @@ from changekit.data.synthetic import (
     synthesize_geotiff_pair,
 )
 from changekit.data.synthetic_scene import BUILDING, SOIL, VEGETATION, WATER
-from changekit.errors import ConfigError
+from changekit.errors import ConfigError, OutputError
 
 SIZE = 64
 
@@ -201,7 +201,7 @@ def test_interrupted_run_leaves_nothing_half_written(tmp_path: Path, monkeypatch
 
     monkeypatch.setattr(synthetic, "make_scene", flaky)
     with pytest.raises(KeyboardInterrupt):
-        synthesize(tmp_path / "data", n=5, size=SIZE, seed=9)
+        synthesize(tmp_path / "data", n=5, size=SIZE, seed=9, overwrite=True)
     assert _files(tmp_path / "data") == before  # the earlier complete set survives
     calls["n"] = 0
     with pytest.raises(KeyboardInterrupt):
@@ -212,17 +212,20 @@ def test_interrupted_run_leaves_nothing_half_written(tmp_path: Path, monkeypatch
 def test_rerun_leaves_exactly_one_consistent_set(tmp_path: Path) -> None:
     out = synthesize(tmp_path / "d", n=3, size=SIZE, seed=0)
     (out / "A" / "notes.txt").write_text("mine")
-    synthesize(out, n=1, size=SIZE, seed=7)
+    with pytest.raises(OutputError, match="--overwrite"):  # replacing a set deletes its pairs: only when asked
+        synthesize(out, n=1, size=SIZE, seed=7)
+    assert len(list((out / "label").iterdir())) == 3
+    synthesize(out, n=1, size=SIZE, seed=7, overwrite=True)
     assert sorted(p.name for p in (out / "label").iterdir()) == ["synth_00000.png"]
     assert sorted(p.name for p in (out / "A").iterdir()) == ["notes.txt", "synth_00000.png"]
     expected = make_scene(SIZE, pair_rng(7, 0))["image_b"]
     np.testing.assert_array_equal(read_image(out / "B" / "synth_00000.png"), expected)
-    synthesize(out, n=2, size=SIZE, seed=7, semantic=True)  # binary -> semantic: the binary-only folder goes
+    synthesize(out, n=2, size=SIZE, seed=7, semantic=True, overwrite=True)  # binary -> semantic: binary-only goes
     assert sorted(p.name for p in out.iterdir()) == [
         "A", "classes.yaml", "im1", "im2", "label", "label1", "label2", "synthetic.yaml"]
     assert sorted(p.name for p in (out / "A").iterdir()) == ["notes.txt"]
     assert not (out / "B").exists()
-    synthesize(out, n=1, size=SIZE, seed=7)  # and back: the semantic folders and class table go
+    synthesize(out, n=1, size=SIZE, seed=7, overwrite=True)  # and back: the semantic folders and class table go
     assert sorted(p.name for p in out.iterdir()) == ["A", "B", "label", "synthetic.yaml"]
 
 
@@ -230,13 +233,14 @@ def test_synthesize_refuses_foreign_folder_and_bad_arguments(tmp_path: Path) -> 
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "precious.txt").write_text("user data")
-    with pytest.raises(ConfigError, match="overwrite"):
+    with pytest.raises(OutputError, match="overwrite"):
         synthesize(mine, n=1, size=SIZE)
     assert (mine / "precious.txt").is_file()
     synthesize(mine, n=1, size=SIZE, overwrite=True)
     assert (mine / "precious.txt").read_text() == "user data"  # written into, nothing of the user's deleted
     assert (mine / "A" / "synth_00000.png").is_file()
-    synthesize(mine, n=1, size=SIZE)  # a folder it made itself may be regenerated without overwrite
+    with pytest.raises(OutputError, match="overwrite"):  # also a folder it made itself
+        synthesize(mine, n=1, size=SIZE)
     with pytest.raises(ConfigError, match="size"):
         make_scene(16, pair_rng(0, 0))
     with pytest.raises(ConfigError, match="change_fraction"):

@@ -16,7 +16,7 @@ from rasterio.crs import CRS
 from changekit.data.io import GeoInfo, read_image, write_geotiff, write_png
 from changekit.data.tiling import (merge_arrays, merge_tiles, tile_array, tile_folder, tile_grid,
                                    tile_positions, vote_arrays)
-from changekit.errors import ConfigError, DatasetNotFoundError, SizeMismatchError
+from changekit.errors import ConfigError, DatasetNotFoundError, OutputError, SizeMismatchError
 
 
 @pytest.mark.parametrize("length, size, stride, expected", [
@@ -164,10 +164,12 @@ def test_tiling_errors(tmp_path: Path) -> None:
     write_png(tmp_path / "src" / "B" / "s1.png", np.zeros((64, 64, 3), np.uint8))
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "keep.txt").write_text("x")
-    with pytest.raises(ConfigError, match="not empty"):
+    with pytest.raises(OutputError, match="not empty"):
         tile_folder(tmp_path / "src", tmp_path / "busy", size=32)
-    with pytest.raises(ConfigError, match="must not be or contain"):
+    with pytest.raises(OutputError, match="contains the input"):
         tile_folder(tmp_path / "src", tmp_path, size=32, overwrite=True)
+    with pytest.raises(OutputError, match="lies inside the input"):
+        tile_folder(tmp_path / "src", tmp_path / "src" / "tiles", size=32)
     tile_folder(tmp_path / "src", tmp_path / "tiles", size=32)
     (tmp_path / "tiles" / "label" / "s1_32_0.png").unlink()
     with pytest.raises(DatasetNotFoundError, match="s1_32_0"):

@@ -216,15 +216,33 @@ def find_date_folders(root: str | Path) -> list[Path]:
     return folders
 
 
+def tag_targets(root: str | Path, tag: str, overwrite: bool = False) -> list[tuple[Path, Path]]:
+    """``(date folder, tag file)`` for every date folder under ``root``, checked before CLIP is loaded.
+
+    Raises:
+        OutputError: a tag file exists and not ``overwrite`` (``--overwrite``), or cannot be written.
+    """
+    from .safety import check_output
+
+    pairs = [(f, f.parent / f"{f.name}_clipcls_{tag}.json") for f in find_date_folders(Path(root))]
+    for _, target in pairs:
+        check_output(target, overwrite=overwrite, what="tag file", kind="file")
+    return pairs
+
+
 def tag_dataset(
     root: str | Path, model: nn.Module, preprocess: Callable[[Any], torch.Tensor],
     tokenizer: Callable[[list[str]], torch.Tensor], classes: Sequence[str], tag: str = "56_vit16",
     batch_size: int = 64, num_workers: int = 0, device: str | torch.device = "cpu", progress: bool = True,
+    overwrite: bool = False,
 ) -> list[Path]:
-    """Tag every image of every date folder under ``root``; returns the JSON files written (one per folder)."""
+    """Tag every image of every date folder under ``root``; returns the JSON files written (one per folder).
+
+    Existing tag files are replaced only with ``overwrite``.
+    """
     root = Path(root)
     written = []
-    for folder in find_date_folders(root):
+    for folder, target in tag_targets(root, tag, overwrite):
         paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
         if not paths:
             log.warning("%s: no images", folder)
@@ -233,7 +251,6 @@ def tag_dataset(
                                     progress, desc=str(folder.relative_to(root.parent)))
         entries = [ranked_entry(p.relative_to(root).as_posix(), pr, classes)
                    for p, pr in zip(paths, probs, strict=True)]
-        target = folder.parent / f"{folder.name}_clipcls_{tag}.json"
         with atomic_path(target) as tmp:
             tmp.write_text(json.dumps(entries, indent=4, ensure_ascii=False), encoding="utf-8")
         log.info("wrote %s (%d images)", target, len(entries))

@@ -60,6 +60,7 @@ def check_output(
     allow_existing_empty_dir: bool = True,
     what: str = "output",
     kind: str | None = None,
+    inside_ok: bool = False,
 ) -> Path:
     """Validate an output path before a command starts working; returns it as a ``Path``.
 
@@ -71,6 +72,8 @@ def check_output(
         what: the word used in messages (``"output"``, ``"run folder"``...).
         kind: ``"file"`` or ``"folder"``: an existing ``out`` of the other kind is refused, even with
             ``overwrite`` (a file is never replaced by a folder, nor a folder by a file).
+        inside_ok: tools that add an index to a data set (path lists, few-shot lists, class maps) may write a
+            new file or folder inside an input folder; it still may not be or contain an input.
 
     Raises:
         OutputError: one line naming ``out`` and the problem.
@@ -80,6 +83,7 @@ def check_output(
     if clash is not None:
         o, s = _resolved(out), _resolved(clash)
         relation = "is" if o == s else "lies inside" if _is_within(o, s) else "contains"
+    if clash is not None and not (inside_ok and relation == "lies inside" and Path(clash).is_dir()):
         raise OutputError(f"{out}: the {what} {relation} the input {clash}; choose an --out apart from the inputs")
     if out.is_symlink() and not out.exists():
         raise OutputError(f"{out}: the {what} is a broken symbolic link")

@@ -8,7 +8,12 @@ imports of heavy libraries inside the command functions so that ``changekit --he
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
+
+#: the ``--overwrite`` flag every writing command shares (see :func:`changekit.safety.check_output`)
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="replace existing outputs in --out")]
 
 
 def sub_app(parent: typer.Typer, name: str, help: str) -> typer.Typer:  # noqa: A002 - typer's own word

@@ -7,6 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from . import Overwrite
+
 
 def register(app: typer.Typer, data_app: typer.Typer) -> None:
     """Add ``clip-tag`` to the main app."""
@@ -22,11 +24,12 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
         batch_size: Annotated[int, typer.Option(help="images per CLIP batch")] = 64,
         workers: Annotated[int, typer.Option(help="image-reading worker processes")] = 2,
         device: Annotated[Optional[str], typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda if any)")] = None,
+        overwrite: Overwrite = False,
     ) -> None:
         """Write <date-folder>_clipcls_56_vit16.json beside every date folder (the tags ChangeCLIP trains on)."""
         import torch
 
-        from ..clip_tags import MODELS, file_tag, find_date_folders, load_clip, read_class_names, tag_dataset
+        from ..clip_tags import MODELS, file_tag, load_clip, read_class_names, tag_dataset, tag_targets
         from ..errors import ConfigError
 
         try:
@@ -36,10 +39,10 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
         if model not in MODELS and model not in open_clip.list_models():
             raise ConfigError(f"--model: expected {' or '.join(MODELS)} (or another open_clip model), got {model!r}")
         names = read_class_names(classes)
-        find_date_folders(data_root)  # fail on a wrong folder before loading CLIP
+        tag_targets(data_root, file_tag(len(names), model), overwrite)  # fail before loading CLIP
         dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
         clip_model, preprocess, tokenizer = load_clip(model, weights, dev)
         files = tag_dataset(data_root, clip_model, preprocess, tokenizer, names, tag=file_tag(len(names), model),
-                            batch_size=batch_size, num_workers=workers, device=dev)
+                            batch_size=batch_size, num_workers=workers, device=dev, overwrite=overwrite)
         for f in files:
             typer.echo(str(f))

@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from . import sub_app
+from . import Overwrite, sub_app
 
 def convert_to_file(source: str, src: Path, out: Path, model: str | None, overwrite: bool) -> str:
     """Convert ``src`` and write the changekit checkpoint ``out``; returns the summary line."""
@@ -21,7 +21,7 @@ def convert_to_file(source: str, src: Path, out: Path, model: str | None, overwr
     from ..models.registry import count_parameters
     from ..safety import check_output
 
-    check_output(out, inputs=[src], overwrite=overwrite, allow_existing_empty_dir=False, what="checkpoint")
+    check_output(out, inputs=[src], overwrite=overwrite, what="checkpoint", kind="file")
     net, cfg = convert_foreign(source, src, model)
     save_checkpoint(out, net, cfg, source=str(src), source_format=source)
     return f"wrote {out} ({cfg['model']['name']}, {count_parameters(net):,d} parameters, from {source})"
@@ -29,7 +29,6 @@ def convert_to_file(source: str, src: Path, out: Path, model: str | None, overwr
 
 Src = Annotated[Path, typer.Argument(help="the released checkpoint file")]
 Dst = Annotated[Path, typer.Option("--out", "-o", help="changekit checkpoint to write (.ckpt)")]
-Overwrite = Annotated[bool, typer.Option("--overwrite", help="replace an existing --out")]
 
 
 def register(app: typer.Typer, data_app: typer.Typer) -> None:  # noqa: ARG001 - the plugin signature

@@ -7,6 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from . import Overwrite
+
 
 def register(app: typer.Typer, data_app: typer.Typer) -> None:
     """Add the generator, generation and few-shot commands to the CLI."""
@@ -93,6 +95,7 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
             help="percentages: --percent 1 5 10 20 50 [default: 1 5 10 20 50]")] = None,
         prefix: Annotated[str, typer.Option(help="file prefix, e.g. sysucd-train")] = "train",
         root: Annotated[Optional[Path], typer.Option(help="root that a path list resolves against")] = None,
+        overwrite: Overwrite = False,
     ) -> None:
         """Systematic few-shot stem lists: every (100/p)-th stem of the sorted training list."""
         from ..data.fewshot import write_fewshot_lists
@@ -101,7 +104,7 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
         if more and not percent:
             raise ConfigError(f"unexpected arguments {more}; percentages follow --percent")
         percents = [*(percent or [1, 5, 10, 20, 50]), *(more or [])]
-        for path in write_fewshot_lists(source, out, percents, prefix=prefix, root=root):
+        for path in write_fewshot_lists(source, out, percents, prefix=prefix, root=root, overwrite=overwrite):
             typer.echo(f"wrote {path} ({sum(1 for _ in path.open())} stems)")
 
     @data_app.command("xbd-masks")
@@ -109,8 +112,9 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
         root: Annotated[Path, typer.Argument(help="xBD folder with json/ (and A/)")],
         out: Annotated[Path, typer.Option("--out", "-o", help="folder for the class maps")],
         phase: Annotated[str, typer.Option(help="pre or post")] = "pre",
+        overwrite: Overwrite = False,
     ) -> None:
         """Rasterise xBD building polygons to building / background class maps (+ classes.yaml)."""
         from ..data.xbd import write_building_maps
 
-        typer.echo(f"wrote {len(write_building_maps(root, out, phase))} maps to {out}")
+        typer.echo(f"wrote {len(write_building_maps(root, out, phase, overwrite=overwrite))} maps to {out}")

@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from . import sub_app
+from . import Overwrite, sub_app
 
 
 def register(app: typer.Typer, data_app: typer.Typer) -> None:  # noqa: ARG001 - the plugin signature
@@ -23,16 +23,18 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:  # noqa: ARG001 -
         src: Annotated[Path, typer.Argument(help="the authors' checkpoint (pickled MyNet or EMA, or a state_dict)")],
         out: Annotated[Path, typer.Option("--out", help="changekit checkpoint to write (.ckpt)")],
         keep_stage4: Annotated[bool, typer.Option("--keep-stage4", help="keep the unused PVT stage 4")] = False,
+        overwrite: Overwrite = False,
     ) -> None:
         """Convert a released MISGNet checkpoint without the authors' code (restricted unpickling)."""
         from ..engine.checkpoint import save_checkpoint
         from ..errors import DatasetNotFoundError
         from ..models.misgnet.convert import convert_checkpoint
+        from ..safety import check_output
 
         if not src.exists() and not src.is_symlink():
             raise DatasetNotFoundError(f"{src}: checkpoint not found")
+        check_output(out, inputs=[src], overwrite=overwrite, what="checkpoint", kind="file")
         model, cfg = convert_checkpoint(src, keep_stage4=keep_stage4)
-        out.parent.mkdir(parents=True, exist_ok=True)
         save_checkpoint(out, model, cfg, source=str(src))
         n = sum(p.numel() for p in model.parameters())
         typer.echo(f"wrote {out} (misgnet, {n:,d} parameters, keep_stage4={keep_stage4})")

@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from . import sub_app
+from . import Overwrite, sub_app
 
 
 def register(app: typer.Typer, data_app: typer.Typer) -> None:  # noqa: ARG001 - the plugin signature
@@ -26,11 +26,12 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:  # noqa: ARG001 -
         a: Annotated[Path | None, typer.Option("--a", help="date-1 image folder (auto if omitted)")] = None,
         b: Annotated[Path | None, typer.Option("--b", help="date-2 image folder")] = None,
         mask: Annotated[Path | None, typer.Option("--mask", help="3-channel mask folder")] = None,
+        overwrite: Overwrite = False,
     ) -> None:
         """Hi-UCD masks -> ClearSCD convention (classes - 1, unlabeled 9; change - 1, unlabeled 255)."""
         from ..data.convert import convert_hiucd
 
-        res = convert_hiucd(src, out, tile=tile, a=a, b=b, mask=mask)
+        res = convert_hiucd(src, out, tile=tile, a=a, b=b, mask=mask, overwrite=overwrite)
         typer.echo(f"wrote {res['tiles']} pairs from {res['pairs']} images to {out} "
                    f"(train with data.train: {out / 'list.txt'})")
 
@@ -39,9 +40,10 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:  # noqa: ARG001 -
         src: Annotated[Path, typer.Argument(help="folder with im1/ im2/ label1/ label2/ (RGB labels)")],
         out: Annotated[Path, typer.Option("--out", "-o", help="output folder")],
         classes: Annotated[str, typer.Option(help="class table: second, hiucd or a classes.yaml")] = "second",
+        overwrite: Overwrite = False,
     ) -> None:
         """RGB-coded SECOND-style labels -> palette PNG class indices (0 = no change for SECOND)."""
         from ..data.convert import convert_rgb_labels
 
-        res = convert_rgb_labels(src, out, classes=classes)
+        res = convert_rgb_labels(src, out, classes=classes, overwrite=overwrite)
         typer.echo(f"wrote {res['pairs']} pairs to {out}")

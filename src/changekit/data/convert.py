@@ -21,6 +21,7 @@ import numpy as np
 import yaml
 
 from ..errors import DatasetNotFoundError, LabelValueError, PairingError
+from ..safety import check_output
 from .classes import HIUCD, SECOND, ClassTable, load_classes
 from .io import IMAGE_SUFFIXES, atomic_dir, read_image, write_png
 from .tiling import tile_array
@@ -66,7 +67,8 @@ def find_hiucd_folders(src: Path) -> tuple[Path, Path, Path]:
 
 
 def convert_hiucd(src: str | Path, out: str | Path, tile: int = 512, a: str | Path | None = None,
-                  b: str | Path | None = None, mask: str | Path | None = None) -> dict[str, int]:
+                  b: str | Path | None = None, mask: str | Path | None = None,
+                  overwrite: bool = False) -> dict[str, int]:
     """Convert one Hi-UCD split folder (see the module docstring); returns ``{"pairs", "tiles"}``.
 
     Args:
@@ -74,10 +76,12 @@ def convert_hiucd(src: str | Path, out: str | Path, tile: int = 512, a: str | Pa
         out: output folder (written atomically).
         tile: tile size (ClearSCD: 512); 0 keeps whole images.
         a, b, mask: the folders, when auto-detection cannot decide (relative to ``src`` or absolute).
+        overwrite: write into an existing non-empty ``out`` (``--overwrite``).
     """
     src, out = Path(src), Path(out)
     if not src.is_dir():
         raise DatasetNotFoundError(f"{src}: folder not found")
+    check_output(out, inputs=[src, a, b, mask], overwrite=overwrite, kind="folder")
     if a is None or b is None or mask is None:
         fa, fb, fm = find_hiucd_folders(src)
     else:
@@ -113,18 +117,21 @@ def convert_hiucd(src: str | Path, out: str | Path, tile: int = 512, a: str | Pa
 
 
 def convert_rgb_labels(src: str | Path, out: str | Path, classes: str | Path | ClassTable = SECOND,
-                       folders: tuple[str, ...] = ("im1", "im2", "label1", "label2")) -> dict[str, int]:
+                       folders: tuple[str, ...] = ("im1", "im2", "label1", "label2"),
+                       overwrite: bool = False) -> dict[str, int]:
     """Convert RGB-coded ``label1``/``label2`` to palette PNG class indices; images are copied.
 
     Args:
         src: folder with ``im1/ im2/ label1/ label2/`` (SECOND).
         out: output folder (same sub-folders plus ``classes.yaml``), written atomically.
         classes: the class table whose colours decode the labels (built-in name, YAML path or table).
+        overwrite: write into an existing non-empty ``out`` (``--overwrite``).
 
     Raises:
         LabelValueError: a label holds a colour absent from the table (names the file).
     """
     src, out = Path(src), Path(out)
+    check_output(out, inputs=[src], overwrite=overwrite, kind="folder")
     table = load_classes(classes)
     dirs = [src / f for f in folders]
     for d in dirs:

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..safety import check_output
 from .discover import discover
 from .io import atomic_path
 
@@ -63,8 +64,16 @@ def split_name(percent: float, prefix: str = "train") -> str:
 
 
 def write_fewshot_lists(source: str | Path, out: str | Path, percents: Sequence[float] = (1, 5, 10, 20, 50),
-                        prefix: str = "train", root: str | Path | None = None) -> list[Path]:
-    """Write one stem list per percentage into ``out`` and return their paths (each written atomically)."""
+                        prefix: str = "train", root: str | Path | None = None,
+                        overwrite: bool = False) -> list[Path]:
+    """Write one stem list per percentage into ``out`` and return their paths (each written atomically).
+
+    ``out`` may lie inside the data set (the seed keeps ``dataset_list/`` there); an existing list is replaced
+    only with ``overwrite``.
+    """
+    for p in percents:
+        check_output(Path(out) / split_name(p, prefix), inputs=[source, root], overwrite=overwrite,
+                     what="list file", kind="file", inside_ok=True)
     stems = source_stems(source, root=root)
     if not stems:
         raise ConfigError(f"{source}: no stems found")

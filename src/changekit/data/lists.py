@@ -13,6 +13,7 @@ import logging
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..safety import check_output
 from .discover import PairRecord, discover
 from .io import atomic_path
 
@@ -58,6 +59,7 @@ def write_lists(
     absolute: bool = False,
     require_labels: bool = True,
     stems: list[str] | None = None,
+    overwrite: bool = False,
 ) -> int:
     """Write the pairs of ``root`` (a dataset folder) to the list file ``out``, atomically.
 
@@ -69,6 +71,8 @@ def write_lists(
         absolute: write absolute paths instead of paths relative to ``root``.
         require_labels: False also lists unlabelled pairs.
         stems: write only these stems (e.g. one split); unknown stems raise ``ConfigError``.
+        overwrite: replace an existing list file (``--overwrite``); it may lie inside ``root``, never replace a
+            file of the data set.
 
     Returns:
         The number of lines written.
@@ -76,6 +80,7 @@ def write_lists(
     if fmt not in FORMATS:
         raise ConfigError(f"list format '{fmt}' is unknown; use one of {', '.join(FORMATS)}")
     root_path = Path(root).expanduser()
+    check_output(out, inputs=[root_path], overwrite=overwrite, what="list file", kind="file", inside_ok=True)
     records = discover(root_path, layout=layout, require_labels=require_labels).records
     if stems is not None:
         by_stem = {r.stem: r for r in records}

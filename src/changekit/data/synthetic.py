@@ -161,11 +161,12 @@ def _previous_run(out: Path, overwrite: bool) -> dict[str, Any] | None:
     """Parameters of an earlier :func:`synthesize` run in ``out`` (``None`` if there is none).
 
     Raises:
-        ConfigError: ``out`` is a file, or a non-empty folder not made by :func:`synthesize` and not
-            ``overwrite``.
+        OutputError: ``out`` is a file, or a non-empty folder (an earlier synthetic set included: replacing it
+            deletes its pairs) and not ``overwrite``.
     """
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"{out}: exists and is not a folder")
+    from ..safety import check_output
+
+    check_output(out, overwrite=overwrite, kind="folder")
     marker = out / _MARKER
     if marker.is_file():
         try:
@@ -173,9 +174,6 @@ def _previous_run(out: Path, overwrite: bool) -> dict[str, Any] | None:
         except yaml.YAMLError:
             meta = None
         return meta if isinstance(meta, dict) else None
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise ConfigError(f"{out}: folder exists and is not a synthetic data set; pass overwrite=True to write "
-                          "into it anyway (files of the same name are replaced, others are kept)")
     return None
 
 
@@ -220,8 +218,9 @@ def synthesize(
     rewrite are then deleted, so the folder always holds exactly one consistent set.
 
     Raises:
-        ConfigError: bad arguments, or ``out`` is a non-empty folder not made by this function (unless
-            ``overwrite``: then same-named files are replaced and the others kept).
+        ConfigError: bad arguments.
+        OutputError: ``out`` is a non-empty folder and not ``overwrite`` (with ``overwrite``, an earlier
+            synthetic set there is replaced; in any other folder same-named files are replaced, others kept).
     """
     lo, hi = _check_args(size, change_fraction, max_shift)
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:

@@ -186,11 +186,9 @@ def _geo_from_json(entry: dict[str, Any]) -> GeoInfo:
 
 
 def _prepare_out(out: Path, inputs: Sequence[Path], overwrite: bool) -> None:
-    for src in inputs:
-        if out.resolve() == src.resolve() or out.resolve() in src.resolve().parents:
-            raise ConfigError(f"{out}: the output folder must not be or contain the input {src}")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise ConfigError(f"{out}: output folder exists and is not empty (pass overwrite=True to replace it)")
+    from ..safety import check_output
+
+    check_output(out, inputs=inputs, overwrite=overwrite, kind="folder")
 
 
 def tile_folder(src: str | Path, out: str | Path, size: IntPair = 512, stride: IntPair | None = None,

@@ -64,16 +64,20 @@ def building_map(json_path: str | Path, shape: tuple[int, int] | None = None) ->
     return rasterize([(g, 1) for g in geoms], out_shape=shape, fill=0, dtype="uint8")
 
 
-def write_building_maps(root: str | Path, out: str | Path, phase: str = "pre") -> list[Path]:
+def write_building_maps(root: str | Path, out: str | Path, phase: str = "pre", overwrite: bool = False) -> list[Path]:
     """Write ``out/<stem>.png`` (palette PNG, 0 background / 1 building) for every ``json/<stem>_<phase>_disaster.json``
     of an xBD folder, plus ``out/classes.yaml``; the maps are sized like ``A/<stem>.png`` when it exists.
+
+    ``out`` may be a new folder inside ``root`` (beside ``A/``, ``B/``); an existing one needs ``overwrite``.
 
     Raises:
         DatasetNotFoundError: ``root/json`` is missing or holds no ``*_<phase>_disaster.json``.
     """
+    from ..safety import check_output
     from .io import image_size
 
     root = Path(root)
+    check_output(out, inputs=[root], overwrite=overwrite, what="map folder", kind="folder", inside_ok=True)
     files = sorted((root / "json").glob(f"*_{phase}_disaster.json"))
     if not files:
         raise DatasetNotFoundError(f"{root / 'json'}: no *_{phase}_disaster.json files")

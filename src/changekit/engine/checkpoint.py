@@ -91,7 +91,7 @@ def save_checkpoint(path: str | Path, model: nn.Module, config: dict[str, Any], 
     """Write the compact checkpoint (weights + config) atomically."""
     obj = {"format": FORMAT, "version": VERSION, "model": config["model"]["name"], "config": config,
            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}, **extra}
-    with atomic_path(path) as tmp:
+    with atomic_path(path, durable=True) as tmp:
         torch.save(obj, tmp)
     return Path(path)
 

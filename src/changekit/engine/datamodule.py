@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader, default_collate
 
 from ..data.datasets import ChangeDataset
 from ..data.io import image_size
+from ..data.samplers import ResumableShuffleSampler
 from ..data.tags import maybe_add_tags
 from ..data.transforms import build_transforms
 from ..errors import ConfigError
@@ -61,6 +62,8 @@ class ChangeDataModule(L.LightningDataModule):
         self.seed = seed
         self.extra_inputs = tuple(extra_inputs)
         self.datasets: dict[str, ChangeDataset] = {}
+        self._resume: tuple[int, int] | None = None  # (epoch, training batches done) from a checkpoint
+        self._counted: tuple[int, int] = (-1, 0)  # (epoch, training batches done) in this process
 
     def setup(self, stage: str | None = None) -> None:  # noqa: D102
         wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}.get(stage or "", SPLITS)
@@ -78,13 +81,41 @@ class ChangeDataModule(L.LightningDataModule):
         if split != "train" and not self.cfg["val_batch_size"] and not _uniform_sizes(ds):
             bs = 1  # whole scenes of different sizes (OSCD, untiled sets) are evaluated one by one
         workers = int(self.cfg["num_workers"])
-        generator = torch.Generator().manual_seed(self.seed)
+        bs = min(int(bs), max(1, len(ds)))
+        sampler = None
+        if shuffle:
+            sampler = ResumableShuffleSampler(len(ds), self.seed)
+            if self._resume is not None:
+                world = self.trainer.world_size if self.trainer is not None else 1
+                sampler.resume_at(self._resume[0], self._resume[1] * bs * world)
         return DataLoader(
-            ds, batch_size=min(int(bs), max(1, len(ds))), shuffle=shuffle, num_workers=workers,
+            ds, batch_size=bs, sampler=sampler, num_workers=workers,
             collate_fn=collate, pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0,
             drop_last=bool(self.cfg["drop_last"]) and split == "train" and len(ds) > int(bs),
-            generator=generator if shuffle else None,
         )
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:  # noqa: D102
+        # counts the training batches handed to the model in the current epoch (the loader itself runs ahead)
+        trainer = self.trainer
+        if trainer is not None and trainer.training:
+            epoch = int(trainer.current_epoch)
+            if self._counted[0] != epoch:
+                start = self._resume[1] if self._resume is not None and self._resume[0] == epoch else 0
+                self._counted = (epoch, start)
+            self._counted = (epoch, self._counted[1] + 1)
+        return batch
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where training stands in the current epoch, saved in every checkpoint (see :meth:`load_state_dict`)."""
+        if self.trainer is None:
+            return {}
+        epoch = int(self.trainer.current_epoch)
+        return {"epoch": epoch, "batches_done": self._counted[1] if self._counted[0] == epoch else 0}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """On resume, continue the interrupted epoch where it stopped instead of replaying it."""
+        if state:
+            self._resume = (int(state["epoch"]), int(state["batches_done"]))
 
     def train_dataloader(self) -> DataLoader:  # noqa: D102
         return self._loader("train", shuffle=True)

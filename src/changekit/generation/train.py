@@ -102,25 +102,46 @@ def _grid(rows: list[np.ndarray]) -> np.ndarray:
     return np.concatenate([np.concatenate(list(r), axis=1) for r in padded], axis=0)
 
 
-def _save_state(out: Path, gen: Generator, stage: str, step: int, opt: torch.optim.Optimizer | None,
-                rng: np.random.Generator, trng: torch.Generator) -> None:
+def _save_state(out: Path, gen: Generator, stage: str, step: int, opt: dict[str, Any] | None,
+                rng: np.random.Generator, trng: torch.Generator, ae_done: int) -> None:
+    """``stage`` is ``ae``, ``ldm`` or ``done``; ``step`` counts the steps of the current stage (for ``done``: of
+    the diffusion stage), ``ae_done`` those of the autoencoder stage, so that a resume with larger step counts
+    knows where each stage stands."""
     state = {"stage": stage, "step": step, "scale": gen.scale, "vae": gen.vae.state_dict(),
-             "unet": gen.unet.state_dict(), "opt": opt.state_dict() if opt is not None else None,
-             "rng": rng.bit_generator.state, "trng": trng.get_state()}
-    with atomic_path(out / "state.pt") as tmp:
+             "unet": gen.unet.state_dict(), "opt": opt,
+             "rng": rng.bit_generator.state, "trng": trng.get_state(), "ae_done": ae_done}
+    with atomic_path(out / "state.pt", durable=True) as tmp:
         torch.save(state, tmp)
 
 
+def _extend(stage: str, step: int, ae_done: int | None, totals: dict[str, int], state_file: Path) -> tuple[str, int]:
+    """Where a resumed run continues when its step counts were raised after it finished.
+
+    A finished run whose ``train.ldm_steps`` grew continues the diffusion stage from its last step (with its
+    optimiser state). The autoencoder cannot be extended once the diffusion stage has started: the latent space
+    the diffusion model learnt would change under it.
+    """
+    if stage in ("ldm", "done") and ae_done is not None and totals["ae"] > ae_done:
+        raise ConfigError(f"{state_file}: the autoencoder stage ended after {ae_done} steps and the diffusion stage "
+                          f"has started; train.ae_steps={totals['ae']} cannot be added now (start a new run)")
+    if stage == "done" and ae_done is None:  # a state written before step counts were kept
+        log.warning("%s: this run's step counts were not recorded; it cannot be extended", state_file)
+    elif stage == "done" and step < totals["ldm"]:
+        log.info("continuing the diffusion stage from step %d to %d", step, totals["ldm"])
+        return "ldm", step
+    return stage, step
+
+
 def _restore_state(state_file: Path, gen: Generator, rng: np.random.Generator, trng: torch.Generator
-                   ) -> tuple[str, int, Any]:
+                   ) -> tuple[str, int, Any, int | None]:
     """Load ``state.pt`` (weights_only: tensors, numbers, strings and containers; a planted pickle is refused) into
-    ``gen`` and the random generators; returns ``(stage, step, optimiser state)``.
+    ``gen`` and the random generators; returns ``(stage, step, optimiser state, autoencoder steps done)``.
 
     Raises:
         CheckpointError: the file is unreadable or not a generator training state (one line naming it).
     """
     st = load_tensors(state_file, "generator training state")
-    keys = ("stage", "step", "opt", "scale", "vae", "unet", "rng", "trng")
+    keys = ("stage", "step", "opt", "scale", "vae", "unet", "rng", "trng")  # and "ae_done" since 0.1.1
     if not isinstance(st, dict) or any(k not in st for k in keys) or st["stage"] not in ("ae", "ldm", "done") \
             or not isinstance(st["step"], int) or not isinstance(st["scale"], (int, float)) \
             or not isinstance(st["trng"], torch.Tensor) or not (st["opt"] is None or isinstance(st["opt"], dict)):
@@ -133,7 +154,8 @@ def _restore_state(state_file: Path, gen: Generator, rng: np.random.Generator, t
     except (TypeError, ValueError, KeyError, RuntimeError) as exc:
         raise CheckpointError(f"{state_file}: its random-generator state is not valid ({exc})") from None
     gen.scale = float(st["scale"])
-    return st["stage"], st["step"], st["opt"]
+    ae_done = st.get("ae_done")
+    return st["stage"], st["step"], st["opt"], ae_done if isinstance(ae_done, int) else None
 
 
 def train_generator(images: str | Path, masks: str | Path, classes: dict[str, Any], out: str | Path,
@@ -170,13 +192,15 @@ def train_generator(images: str | Path, masks: str | Path, classes: dict[str, An
         raise ConfigError(f"size {size}: must be a multiple of {gen.factor} and fit every image")
     rng = np.random.default_rng(int(tr["seed"]))
     trng = torch.Generator().manual_seed(int(tr["seed"]))
-    stage, step, opt_state = "ae", 0, None
+    stage, step, opt_state, ae_done = "ae", 0, None, None
+    totals = {"ae": int(tr["ae_steps"]), "ldm": int(tr["ldm_steps"])}
     if resume:
-        stage, step, opt_state = _restore_state(state_file, gen, rng, trng)
+        stage, step, opt_state, ae_done = _restore_state(state_file, gen, rng, trng)
+        stage, step = _extend(stage, step, ae_done, totals, state_file)
     out.mkdir(parents=True, exist_ok=True)
     (out / "samples").mkdir(exist_ok=True)
-    totals = {"ae": int(tr["ae_steps"]), "ldm": int(tr["ldm_steps"])}
     done_before = step + (totals["ae"] if stage == "ldm" else 0) if stage != "done" else sum(totals.values())
+    ldm_done, ldm_opt = (step, opt_state) if stage == "done" else (0, None)
     bar = tqdm(total=sum(totals.values()), initial=done_before, disable=not progress, desc="generator")
     for name in ("ae", "ldm"):
         if stage == "done" or (name == "ae" and stage == "ldm"):
@@ -210,14 +234,22 @@ def train_generator(images: str | Path, masks: str | Path, classes: dict[str, An
                 _write_samples(out, gen, name, step, x, ms, recon if name == "ae" else None)
                 module.train()
             if step % int(tr["save_every"]) == 0 and step < totals[name]:
-                _save_state(out, gen, name, step, opt, rng, trng)
+                _save_state(out, gen, name, step, opt.state_dict(), rng, trng,
+                            ae_done=step if name == "ae" else totals["ae"])
         if name == "ae":
             gen.scale = _latent_scale(gen, pairs, size, rng)
             stage, step, opt_state = "ldm", 0, None
-            _save_state(out, gen, "ldm", 0, None, rng, trng)
+            _save_state(out, gen, "ldm", 0, None, rng, trng, ae_done=totals["ae"])
+        else:
+            ldm_done, ldm_opt = step, opt.state_dict()
     bar.close()
     gen.eval()
-    _save_state(out, gen, "done", 0, None, rng, trng)
+    ae_final = ae_done if ae_done is not None and stage == "done" else totals["ae"]
+    # the optimiser state is kept, so that raising train.ldm_steps later continues smoothly
+    _save_state(out, gen, "done", ldm_done, ldm_opt, rng, trng, ae_done=ae_final)
+    if ae_done is not None or stage != "done":  # generator.yaml records the steps actually trained
+        gen.settings = {**gen.settings, "train": {**gen.settings["train"], "ae_steps": ae_final,
+                                                  "ldm_steps": ldm_done}}
     gen.save(out)
     log.info("generator saved to %s (latent scale %.4f)", out, gen.scale)
     return gen
