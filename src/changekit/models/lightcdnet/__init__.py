@@ -13,6 +13,12 @@ Sizes (registered builders; the S / B / L of the paper and open-cd's ``net_type`
 24/48/96/192, 4 fusion units), ``lightcdnet`` (base: 24/116/232/464, 8 units; ChangeAnywhere's) and
 ``lightcdnet_l`` (24/176/352/704, 16 units); all with stage repeats 4/8/4.
 
+Parameters (all registered, as open-cd's README counts them: 0.35 / 1.32 / 2.82 M): 347,771 / 1,318,433 /
+2,821,019 for S / B / L. Compute per 256x256 pair: 1.61 / 3.05 / 5.49 G multiply-adds
+(``torch.utils.flop_counter.FlopCounterMode`` FLOPs / 2, the fvcore/open-cd convention; convolutions and matrix
+products); open-cd reports 1.65 / 3.22 / 5.94 GMACs, which include the stage-3 tail that open-cd runs but never
+uses (see :mod:`.backbone`; with it: 1.65 / 3.25 / 5.95).
+
 Package layout: :mod:`.backbone` (stem, fusion module, ShuffleNet stages, criss-cross attention), :mod:`.model`
 (neck, heads, the model and its builders), :mod:`.convert` (open-cd checkpoint key mapping).
 """

@@ -163,19 +163,19 @@ def _create_lightcdnet(size: str, **kwargs: Any) -> LightCDNet:
 
 @register_model
 def lightcdnet_s(**kwargs: Any) -> LightCDNet:
-    """LightCDNet-S (Xing et al., GRSL 2023; open-cd ``net_type="small"``): 340,840 parameters."""
+    """LightCDNet-S (Xing et al., GRSL 2023; open-cd ``net_type="small"``): 347,771 parameters, 1.61 GMACs."""
     return _create_lightcdnet("s", **kwargs)
 
 
 @register_model
 def lightcdnet(**kwargs: Any) -> LightCDNet:
-    """LightCDNet-B, ChangeAnywhere's configuration (open-cd ``net_type="base"``): 1,300,240 parameters."""
+    """LightCDNet-B, ChangeAnywhere's configuration (open-cd ``net_type="base"``): 1,318,433 parameters, 3.05 GMACs."""
     return _create_lightcdnet("b", **kwargs)
 
 
 @register_model
 def lightcdnet_l(**kwargs: Any) -> LightCDNet:
-    """LightCDNet-L (open-cd ``net_type="large"``): 2,800,000 parameters."""
+    """LightCDNet-L (open-cd ``net_type="large"``): 2,821,019 parameters, 5.49 GMACs."""
     return _create_lightcdnet("l", **kwargs)
 
 
