@@ -162,6 +162,10 @@ class MISGNet(ChangeModel):
     never updated them either (AdamW skips parameters without gradient).
     """
 
+    #: the only layers with batch statistics (the SGM's node and re-projection convolutions) are per date or
+    #: after the dates meet, as released; the shared backbone has LayerNorms only, so one batched pass over
+    #: both dates equals two (tests/models/test_siamese_batchnorm.py)
+    siamese_bn = "per_date"
     channels_last: bool = True  # CPU speed switch (benchmarks compare both); the results are the same
     inplace_inference: bool = True  # speed switch: backbone blocks update temporaries in place without autograd
     #: Without autograd, the Mix-FFN runs over groups of whole images whose 8x-wide hidden layer (8.4 MB per
