@@ -4,19 +4,26 @@ A config file holds any subset of :data:`DEFAULTS`; missing keys take the defaul
 that suggests the closest known key (a typo must never be silently ignored). ``model`` holds the registry name
 plus the model's own constructor arguments (checked by the registry), and ``loss`` a list of loss terms
 (checked by :func:`changekit.losses.build_loss`). ``--set a.b=value`` overrides parse ``value`` as YAML.
-A file may start from another with ``_base_: relative/path.yaml``.
+A file may start from others with ``_base_: relative/path.yaml`` or ``_base_: [a.yaml, b.yaml]`` (merged in
+order, then the file itself), and several files compose left to right (``load_config([base, model, data])``),
+so a protocol such as model x dataset x split is three small files. Every value is then checked against
+:data:`changekit.config_schema.SCHEMA` (type, range, choices); an error names the key, the value, what is
+expected and the file or ``--set`` it came from.
 """
 
 from __future__ import annotations
 
 import copy
+import os
+import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import re
-
 import yaml
 
+from .config_schema import check_config
+from .config_types import config_error, show
 from .errors import ConfigError, DatasetNotFoundError, suggest
 
 
@@ -119,46 +126,104 @@ DEFAULTS: dict[str, Any] = {
 _FREE_SECTIONS = {"model"}  # keys checked elsewhere (model constructor)
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
-    """Read a YAML config (or start from the defaults), apply ``key=value`` overrides and validate.
+ConfigSource = str | Path | Sequence[str | Path] | Mapping[str, Any] | None
+
+
+def load_config(path: ConfigSource = None, overrides: list[str] | None = None) -> dict[str, Any]:
+    """Read YAML config(s) (or a mapping, or nothing: the defaults), apply ``key=value`` overrides and validate.
+
+    Args:
+        path: one YAML file, several (composed left to right: a later file's keys win), a config mapping, or
+            ``None`` for the defaults.
+        overrides: ``key=value`` strings applied last.
 
     Raises:
-        DatasetNotFoundError: the file does not exist.
-        ConfigError: unknown keys, malformed YAML or overrides.
+        DatasetNotFoundError: a file (or a ``_base_`` it names) does not exist.
+        ConfigError: malformed YAML or overrides, unknown keys, or a value of the wrong type or range; the
+            message names the file or ``--set`` the bad value came from.
     """
-    user: dict[str, Any] = _read_yaml_with_base(Path(path)) if path is not None else {}
+    origins: dict[str, str] = {}
+    if path is None:
+        user: dict[str, Any] = {}
+    elif isinstance(path, Mapping):
+        user = copy.deepcopy(dict(path))
+    else:
+        paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
+        if not paths:
+            raise ConfigError("no config file given")
+        user = {}
+        for p in paths:
+            data = _read_yaml_with_base(Path(p), origins)
+            _deep_update(user, data)
     for item in overrides or []:
-        set_by_path(user, *parse_override(item))
-    return resolve(user)
+        key, value = parse_override(item)
+        set_by_path(user, key, value)
+        for known in [k for k in origins if k.startswith(f"{key}.")]:
+            del origins[known]  # the override replaced that whole section
+        origins[key] = "--set"
+    try:
+        return resolve(user)
+    except ConfigError as exc:
+        origin = _origin(getattr(exc, "key", None), origins)
+        if origin is None:
+            raise
+        where = "from --set" if origin == "--set" else f"in {origin}"
+        raise type(exc)(f"{exc} ({where})") from None
 
 
-def resolve(user: dict[str, Any]) -> dict[str, Any]:
-    """Merge a user config onto :data:`DEFAULTS` and check every key."""
+def resolve(user: Mapping[str, Any]) -> dict[str, Any]:
+    """Merge a user config onto :data:`DEFAULTS` and check every key (names, types, ranges, choices)."""
+    if not isinstance(user, Mapping):
+        raise ConfigError(f"a config must be a mapping of sections (model, data, ...), got {type(user).__name__}")
     cfg = copy.deepcopy(DEFAULTS)
     _merge(cfg, user, DEFAULTS, prefix="")
-    if not isinstance(cfg["loss"], list) or not all(isinstance(t, dict) and "name" in t for t in cfg["loss"]):
-        raise ConfigError("config key 'loss' must be a list of mappings, each with a 'name'")
-    if not cfg["model"].get("name"):
-        raise ConfigError("config key 'model.name' is required (see `changekit models`)")
+    check_config(cfg, DEFAULTS)
     return cfg
 
 
-def _read_yaml_with_base(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+def _origin(key: str | None, origins: dict[str, str]) -> str | None:
+    """The file (or ``--set``) that set ``key`` or the nearest section above it."""
+    while key:
+        if key in origins:
+            return origins[key]
+        key = key.rsplit("[", 1)[0] if key.endswith("]") else key.rsplit(".", 1)[0] if "." in key else ""
+    return None
+
+
+def _record_origins(data: Mapping[str, Any], where: str, origins: dict[str, str], prefix: str = "") -> None:
+    for key, value in data.items():
+        origins[f"{prefix}{key}"] = where
+        if isinstance(value, Mapping):
+            _record_origins(value, where, origins, f"{prefix}{key}.")
+
+
+def _read_yaml_with_base(path: Path, origins: dict[str, str], chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The mapping of ``path`` on top of its ``_base_`` file(s); records which file set each key in ``origins``."""
+    chain = (*chain, path.resolve())
     if not path.is_file():
         raise DatasetNotFoundError(f"{path}: config file not found")
     try:
         data = yaml_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: invalid YAML ({str(exc).splitlines()[0]})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the config ({exc.__class__.__name__}: {exc})") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a config must be a mapping, got {type(data).__name__}")
+        raise ConfigError(f"{path}: a config must be a mapping of sections (model, data, ...), got "
+                          f"{type(data).__name__}")
     base = data.pop("_base_", None)
-    if base is None:
-        return data
-    base_path = (path.parent / base).resolve()
-    if base_path in seen:
-        raise ConfigError(f"{path}: _base_ cycle through {base_path}")
-    merged = _read_yaml_with_base(base_path, (*seen, base_path))
+    bases = base if isinstance(base, list) else [] if base is None else [base]
+    if not all(isinstance(b, str) and b.strip() for b in bases):
+        raise ConfigError(f"{path}: _base_ must be a file name or a list of file names, got {base!r}")
+    merged: dict[str, Any] = {}
+    for name in bases:
+        base_path = (path.parent / name).resolve()
+        if base_path in chain:
+            raise ConfigError(f"{path}: _base_ cycle: {' -> '.join(p.name for p in (*chain, base_path))}")
+        if not base_path.is_file():
+            raise DatasetNotFoundError(f"{path}: _base_ file '{name}' not found ({base_path})")
+        _deep_update(merged, _read_yaml_with_base(base_path, origins, chain))
+    _record_origins(data, str(path), origins)
     _deep_update(merged, data)
     return merged
 
@@ -181,14 +246,14 @@ def _merge(dst: dict[str, Any], src: dict[str, Any], schema: dict[str, Any], pre
     for key, value in src.items():
         full = f"{prefix}{key}"
         if key not in schema:
-            raise ConfigError(f"unknown config key '{full}'{suggest(key, schema)}")
-        if key in _FREE_SECTIONS and not prefix:
-            if not isinstance(value, dict):
-                raise ConfigError(f"config key '{full}' must be a mapping with at least 'name'")
-            dst[key] = copy.deepcopy(value)
+            exc = ConfigError(f"unknown config key '{full}'{suggest(str(key), schema)}")
+            exc.key = full  # type: ignore[attr-defined]
+            raise exc
+        if key in _FREE_SECTIONS and not prefix:  # its keys are the model's own; the schema checks the name
+            dst[key] = copy.deepcopy(dict(value) if isinstance(value, Mapping) else value)
         elif isinstance(schema[key], dict) and schema[key]:
-            if not isinstance(value, dict):
-                raise ConfigError(f"config key '{full}' must be a mapping, got {value!r}")
+            if not isinstance(value, Mapping):
+                raise config_error(full, f"{show(value)} is not a mapping (of {', '.join(schema[key])})")
             _merge(dst[key], value, schema[key], prefix=f"{full}.")
         else:
             dst[key] = copy.deepcopy(value)
