@@ -22,6 +22,7 @@ from ..safety import check_output, removes_new_folders
 from .checkpoint import load_checkpoint
 from .datamodule import ChangeDataModule
 from .task import ChangeTask
+from .validate import validate_run
 
 log = logging.getLogger(__name__)
 METRIC_KEYS = ("f1", "iou", "precision", "recall", "oa", "kappa")
@@ -143,6 +144,7 @@ def test(
         cfg["data"]["num_workers"] = num_workers
     cfg["trainer"]["ema"]["enabled"] = False  # the checkpoint already holds the evaluated (EMA) weights
     cfg["model"] = {**cfg["model"], **{k: None for k in cfg["model"] if k.endswith("weights")}}
+    validate_run(cfg, splits=("test",))  # the test data exists and its labels fit the model, before any write
     tagger = None
     if tile_tags:
         from ..clip_tags import TileTagger
