@@ -145,3 +145,89 @@ def test_models_json(capsys: pytest.CaptureFixture) -> None:
     assert rc == 0
     assert {"fc_ef", "fc_siam_conc", "fc_siam_diff", "siam_unet"} <= set(infos)
     assert infos["fc_siam_diff"] == {"name": "fc_siam_diff", "task": "binary", "params": 1350146}
+
+
+# ------------------------------------------------------------------------ the command line itself (issue 11 §1)
+
+
+def test_version_and_global_flags(capsys: pytest.CaptureFixture) -> None:
+    import changekit
+
+    rc, out, err = _run(capsys, "--version")
+    assert rc == 0 and out.strip() == f"changekit {changekit.__version__}" and err == ""
+    rc, out, _ = _run(capsys, "--help")
+    assert rc == 0 and "--debug" in out and "--version" in out
+
+
+def test_usage_errors_are_two_lines_and_exit_2(capsys: pytest.CaptureFixture) -> None:
+    """Typer raises its bundled click copy's exceptions; main() must catch those, not only click's own."""
+    import typer
+
+    from changekit.cli_usage import click_exceptions
+
+    usage, _ = click_exceptions()
+    assert any(issubclass(typer.BadParameter, cls) for cls in usage)
+    for args, expected in [
+        (["train", "--out"], "Option '--out' requires an argument"),
+        (["predict", "--ckpt", "a", "--a", "b", "--b", "c", "--out", "d", "--tile", "big"],
+         "Invalid value for '--tile': 'big' is not an integer"),
+        (["bench"], "Missing argument 'model'"),
+        (["--debug", "tset"], "No such command 'tset'. Did you mean 'test'?"),
+    ]:
+        rc, out, err = _run(capsys, *args)
+        lines = err.strip().splitlines()
+        assert rc == 2 and out == "", err
+        assert len(lines) == 2 and lines[0].startswith("Usage: changekit") and lines[1].startswith("error: "), err
+        assert expected in lines[1]
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["--set", "a=1", "b.c=2", "CFG"], ["--set", "a=1", "--set", "b.c=2", "CFG"]),
+    (["--set", "a=1", "--set", "b=[1, 2]", "c=x=y", "--out", "o"],
+     ["--set", "a=1", "--set", "b=[1, 2]", "--set", "c=x=y", "--out", "o"]),
+    (["--set=a=1", "b=2"], ["--set=a=1", "--set", "b=2"]),
+    (["--set", "oops", "b=2"], ["--set", "oops", "--set", "b=2"]),
+    (["--", "--set", "a=1", "b=2"], ["--", "--set", "a=1", "b=2"]),
+])
+def test_set_takes_several_pairs(args: list[str], expected: list[str]) -> None:
+    from changekit.cli_usage import expand_set_pairs
+
+    assert expand_set_pairs(args) == expected
+
+
+def test_set_pairs_reach_train_and_generator_train(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import changekit.engine.train as engine_train
+    import changekit.generation.model as generation_model
+    from changekit.errors import ConfigError
+
+    seen: dict[str, list[str]] = {}
+
+    def stop(key: str):  # noqa: ANN202
+        def record(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            seen[key] = list(kwargs.get("overrides", args[-1] if args else []))
+            raise ConfigError("stop here")
+        return record
+
+    monkeypatch.setattr(engine_train, "train", stop("train"))
+    monkeypatch.setattr(generation_model, "resolve_settings", stop("generator"))
+    rc, _, _ = _run(capsys, "train", tmp_path / "c.yaml", "--set", "trainer.max_epochs=2", "data.batch_size=4",
+                    "--out", tmp_path / "r", "--set", "optim.lr=0.1")
+    assert rc == 2 and seen["train"] == ["trainer.max_epochs=2", "data.batch_size=4", "optim.lr=0.1"]
+    rc, _, _ = _run(capsys, "generator", "train", "--images", tmp_path, "--masks", tmp_path, "--classes",
+                    tmp_path / "c.yaml", "--out", tmp_path / "g", "--set", "train.ldm_steps=5", "train.ae_steps=3")
+    assert rc == 2 and seen["generator"] == ["train.ldm_steps=5", "train.ae_steps=3"]
+
+
+def test_train_composes_several_configs(synth_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                        tiny_config) -> None:  # noqa: ANN001
+    cfg = tiny_config(synth_root)
+    base = _write_cfg(tmp_path / "base.yaml", {k: v for k, v in cfg.items() if k != "data"})
+    data = _write_cfg(tmp_path / "data.yaml", {"data": cfg["data"], "trainer": {"max_steps": 1}})
+    out = tmp_path / "run"
+    rc, _, err = _run(capsys, "train", base, data, "--out", out, "--set", "trainer.limit_val_batches=1",
+                      "data.batch_size=2")
+    assert rc == 0, err
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["trainer"]["max_steps"] == 1 and saved["data"]["batch_size"] == 2
+    assert saved["data"]["train"] == cfg["data"]["train"] and saved["trainer"]["accelerator"] == "cpu"

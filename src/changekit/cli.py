@@ -1,7 +1,9 @@
 """The ``changekit`` command line: each command is a few lines over the Python API.
 
 User errors (:class:`~changekit.errors.ChangekitError`) print one line ``error: ...`` and exit with code 2;
-``--debug`` (anywhere on the line) shows the traceback instead.
+``--debug`` (anywhere on the line) shows the traceback instead. Usage errors (unknown command or option, a
+missing or mistyped value, extra arguments) print the usage line and one ``error:`` line and exit with code 2;
+a bare ``changekit`` (or command group) prints its help, then ``error: missing command``, and exits with 2 too.
 """
 
 from __future__ import annotations
@@ -16,6 +18,14 @@ from typing import Annotated, Optional
 
 import typer
 
+from .cli_usage import (
+    click_exceptions,
+    context_for,
+    expand_set_pairs,
+    one_line,
+    show_missing_command,
+    show_usage_error,
+)
 from .errors import ChangekitError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -37,15 +47,19 @@ Overwrite = Annotated[bool, typer.Option("--overwrite", help="replace existing o
 
 @app.command()
 def train(
-    config: Annotated[Path, typer.Argument(help="YAML config")],
+    config: Annotated[Optional[list[Path]], typer.Argument(
+        help="YAML config(s), composed left to right; optional with --resume (the run's config.yaml)")] = None,
     out: Out = Path("runs/run"),
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="override, e.g. trainer.max_epochs=2")] = None,
-    resume: Annotated[bool, typer.Option(help="continue the run in --out from its last checkpoint")] = False,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="overrides key=value, several after one --set "
+                                                                    "(--set trainer.max_epochs=2 data.batch_size=4)")
+                    ] = None,
+    resume: Annotated[bool, typer.Option(help="continue the run in --out from its newest readable checkpoint, "
+                                              "with its own config.yaml (--set changes only what it names)")] = False,
 ) -> None:
     """Train a model from a config; checkpoints, logs and model.ckpt go to --out."""
     from .engine.train import train as _train
 
-    result = _train(config, out, overrides=set_ or [], resume=resume)
+    result = _train(list(config) if config else None, out, overrides=set_ or [], resume=resume)
     typer.echo(f"checkpoint: {result.get('checkpoint')}  best {result['monitor']}: {result['best_score']}")
 
 
@@ -257,23 +271,37 @@ def _register_plugins() -> None:
 _register_plugins()
 
 
-def _one_line(exc: BaseException) -> str:
-    """The user-facing line of an error, also when a DataLoader worker wrapped it with a traceback."""
-    lines = [ln for ln in str(exc).splitlines() if ln.strip()]
-    last = lines[-1] if lines else exc.__class__.__name__
-    if len(lines) > 1 and ": " in last and last.split(": ", 1)[0].rsplit(".", 1)[-1].endswith("Error"):
-        last = last.split(": ", 1)[1]
-    return last
+def _print_version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        typer.echo(f"changekit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _global_options(
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                          help="print the version and exit")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="on an error, show the traceback instead of one line "
+                                                        "(accepted anywhere on the line)")] = False,
+) -> None:
+    """Global options. ``--debug`` is taken out of the arguments by :func:`main`, so it works after the command too."""
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``changekit`` console script."""
-    import click
+    """Entry point of the ``changekit`` console script; returns the exit code.
 
+    0: success; 1: a check found problems (``data check``) or the command was aborted; 2: a usage error
+    (including a bare ``changekit``) or a user error (:class:`~changekit.errors.ChangekitError`), printed as
+    one ``error:`` line; 130: interrupted. ``--debug`` anywhere on the line shows tracebacks instead.
+    """
     args = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in args
-    if debug:
-        args.remove("--debug")
+    cut = args.index("--") if "--" in args else len(args)
+    debug = "--debug" in args[:cut]
+    args = [a for a in args[:cut] if a != "--debug"] + args[cut:]
+    args = expand_set_pairs(args)
+    usage_errors, click_errors = click_exceptions()
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     if args and args[0] in ("predict", "test"):  # inference: reuse freed tensor memory (changekit.runtime)
         from .runtime import tune_cpu_allocator
@@ -290,18 +318,24 @@ def main(argv: list[str] | None = None) -> int:
         warnings.filterwarnings("ignore", message=".*LeafSpec.*")
         warnings.filterwarnings("ignore", message=".*log_every_n_steps.*")
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    if not any(a.startswith("-") for a in args) and len(args) <= 3:  # a bare group: help and exit 2
+        ctx, bare = context_for(app, args)
+        if bare:
+            return show_missing_command(ctx)
     try:
         rc = app(args=args, prog_name="changekit", standalone_mode=False)
-    except click.exceptions.UsageError as exc:
-        exc.show()
-        return 2
-    except click.exceptions.Abort:
+    except usage_errors as exc:
+        return show_usage_error(exc, app, args)
+    except click_errors as exc:
+        typer.echo(f"error: {' '.join(exc.format_message().split())}", err=True)  # type: ignore[attr-defined]
+        return int(getattr(exc, "exit_code", 1))
+    except typer.Abort:
         typer.echo("aborted", err=True)
         return 1
     except ChangekitError as exc:
         if debug:
             raise
-        typer.echo(f"error: {_one_line(exc)}", err=True)
+        typer.echo(f"error: {one_line(exc)}", err=True)
         return 2
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
