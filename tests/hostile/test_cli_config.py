@@ -213,3 +213,22 @@ def test_bare_group_prints_help_then_one_error_line(group: list[str], capsys: py
     assert lines[-2].startswith(f"Usage: {' '.join(['changekit', *group])} [OPTIONS] COMMAND")
     assert lines[-1].startswith("error: missing command (one of: ")
     assert [ln for ln in lines if ln.startswith("error:")] == [lines[-1]]
+
+
+def test_validate_run_for_the_test_split(world: dict[str, Path]) -> None:
+    """``test`` validates the split it reads: set, existing, and with class values the model can score."""
+    from changekit.config import resolve
+    from changekit.engine.validate import validate_run
+    from changekit.errors import ConfigError, DatasetNotFoundError, LabelValueError
+
+    cfg = resolve(_semantic(str(world["sem"])))
+    with pytest.raises(ConfigError, match=r"^data.test: not set; set data.test=PATH"):
+        validate_run(cfg, splits=("test",))
+    cfg["data"]["test"] = str(world["sem"] / "nowhere")
+    with pytest.raises(DatasetNotFoundError, match=r"^data.test: '.*nowhere' does not exist"):
+        validate_run(cfg, splits=("test",))
+    cfg["data"]["test"] = str(world["sembad"] / "train")
+    with pytest.raises(LabelValueError, match=r"synth_00001.png: class value\(s\) \{7\} outside 0..4 .*data.test"):
+        validate_run(cfg, splits=("test",))
+    cfg["data"]["test"] = str(world["sem"] / "val")
+    validate_run(cfg, splits=("test",))  # fits: nothing raised, nothing written
