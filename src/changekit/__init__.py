@@ -5,7 +5,7 @@ The public API mirrors the command line::
     import changekit
     changekit.list_models()
     model = changekit.build_model("fc_siam_diff")
-    run = changekit.train("configs/fc_siam/levir_cd.yaml", out="runs/x")
+    run = changekit.train("configs/fc_siam/fc_siam_diff_levir_cd.yaml", out="runs/x")
     metrics = changekit.test(run["checkpoint"], out="runs/x/test", data="LEVIR-CD/test")
     changekit.predict(run["checkpoint"], a="A/", b="B/", out="masks/")
 """

@@ -206,7 +206,7 @@ def data_check(
 def data_tile(
     src: Annotated[Path, typer.Argument(help="pair folder (A/B/label, im1/im2/label1/label2, ...)")],
     out: Out, size: int = 512, stride: Annotated[Optional[int], typer.Option()] = None,
-    layout: str = "auto", overwrite: bool = False,
+    layout: str = "auto", overwrite: Overwrite = False,
 ) -> None:
     """Cut every image of a pair folder into size x size tiles (ClearSCD's edge rule)."""
     from .data.tiling import tile_folder
@@ -222,7 +222,7 @@ def data_merge(
     tiles_json: Annotated[Optional[Path], typer.Option(help="tiles.json written by `data tile`")] = None,
     mode: Annotated[str, typer.Option(help="mean (average overlaps) or vote (majority class)")] = "mean",
     rule: Annotated[str, typer.Option(help="0/255 masks: majority, or changeclip (the seed's merge)")] = "majority",
-    overwrite: bool = False,
+    overwrite: Overwrite = False,
 ) -> None:
     """Stitch tile predictions back into full images, averaging overlaps."""
     from .data.tiling import merge_tiles
@@ -236,12 +236,12 @@ def data_lists(
     root: Annotated[Path, typer.Argument(help="pair folder")],
     out: Annotated[Path, typer.Option("--out", "-o", help="list file")],
     fmt: Annotated[str, typer.Option("--format", help="paths or stems")] = "paths",
-    absolute: bool = False, layout: str = "auto",
+    absolute: bool = False, layout: str = "auto", overwrite: Overwrite = False,
 ) -> None:
-    """Write a path list (A B label per line) or a stem list."""
+    """Write a path list (A B label per line) or a stem list (it may lie inside the data folder)."""
     from .data.lists import write_lists
 
-    write_lists(root, out, layout=layout, fmt=fmt, absolute=absolute)
+    write_lists(root, out, layout=layout, fmt=fmt, absolute=absolute, overwrite=overwrite)
     typer.echo(f"wrote {out}")
 
 
@@ -249,11 +249,13 @@ def data_lists(
 def data_synth(
     out: Out, n: int = 100, size: int = 256, seed: int = 0,
     semantic: Annotated[bool, typer.Option("--semantic", help="also write both dates' class maps")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing set in --out (its pairs are "
+                                                                "deleted)")] = False,
 ) -> None:
     """Generate procedural bi-temporal scenes with exact change labels."""
     from .data.synthetic import synthesize
 
-    synthesize(out, n=n, size=size, seed=seed, semantic=semantic)
+    synthesize(out, n=n, size=size, seed=seed, semantic=semantic, overwrite=overwrite)
     typer.echo(f"wrote {n} pairs to {out}")
 
 

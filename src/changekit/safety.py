@@ -53,6 +53,17 @@ def writable_parent(path: str | Path) -> None:
         raise OutputError(f"{path}: cannot write there, {ancestor} is read-only for this user")
 
 
+def _replaceable_inside(out: Path) -> bool:
+    """Whether an output inside an input folder may take the place of what is at ``out`` now."""
+    from .data.io import IMAGE_SUFFIXES
+
+    if not out.exists():
+        return True
+    if out.is_dir():
+        return not any(out.iterdir())
+    return out.suffix.lower() not in IMAGE_SUFFIXES
+
+
 def check_output(
     out: str | Path,
     inputs: Iterable[str | Path | None] = (),
@@ -73,7 +84,8 @@ def check_output(
         kind: ``"file"`` or ``"folder"``: an existing ``out`` of the other kind is refused, even with
             ``overwrite`` (a file is never replaced by a folder, nor a folder by a file).
         inside_ok: tools that add an index to a data set (path lists, few-shot lists, class maps) may write a
-            new file or folder inside an input folder; it still may not be or contain an input.
+            new file or folder inside an input folder; it still may not be or contain an input, and what exists
+            there may be replaced only if it is a non-image file (an earlier list) or an empty folder.
 
     Raises:
         OutputError: one line naming ``out`` and the problem.
@@ -83,7 +95,8 @@ def check_output(
     if clash is not None:
         o, s = _resolved(out), _resolved(clash)
         relation = "is" if o == s else "lies inside" if _is_within(o, s) else "contains"
-    if clash is not None and not (inside_ok and relation == "lies inside" and Path(clash).is_dir()):
+    if clash is not None and not (inside_ok and relation == "lies inside" and Path(clash).is_dir()
+                                  and _replaceable_inside(out)):
         raise OutputError(f"{out}: the {what} {relation} the input {clash}; choose an --out apart from the inputs")
     if out.is_symlink() and not out.exists():
         raise OutputError(f"{out}: the {what} is a broken symbolic link")
