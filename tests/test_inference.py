@@ -15,8 +15,10 @@ from rasterio.crs import CRS
 from torch import nn
 
 from changekit.data.io import GeoInfo, read_image, read_palette_indices, write_geotiff, write_png
+from changekit.data.normalize import IMAGENET_MEAN, IMAGENET_STD
+from changekit.engine.options import PredictOptions
 from changekit.errors import ConfigError, SizeMismatchError
-from changekit.inference.scene import IMAGENET_MEAN, IMAGENET_STD, polygonize, predict_scene
+from changekit.inference.scene import SceneOutputs, polygonize, predict_scene
 from changekit.inference.sliding import (
     TilePredictor,
     blend_window,
@@ -28,6 +30,8 @@ from changekit.models.base import ChangeModel
 from changekit.models.outputs import ChangeOutput
 
 GEO = GeoInfo(crs=CRS.from_epsg(32633), transform=Affine(10.0, 0.0, 500000.0, 0.0, -10.0, 5000000.0))
+
+P32 = PredictOptions(tile=32, overlap=8)
 
 
 class Pointwise(ChangeModel):
@@ -217,8 +221,8 @@ def _normalise(img: np.ndarray) -> torch.Tensor:
 def test_predict_scene_geotiff_keeps_georeferencing_and_equals_whole_image(tmp_path: Any) -> None:
     pa, pb, a, b = _write_pair(tmp_path)
     model = Pointwise()
-    out = predict_scene(model, pa, pb, tmp_path / "out" / "mask.tif", tile=64, overlap=16,
-                        write_prob=tmp_path / "out" / "prob.tif")
+    out = predict_scene(model, pa, pb, SceneOutputs(tmp_path / "out" / "mask.tif", tmp_path / "out" / "prob.tif"),
+                        PredictOptions(tile=64, overlap=16))
     assert out == tmp_path / "out" / "mask.tif"
     with rasterio.open(out) as ds:
         assert ds.crs == GEO.crs and ds.transform == GEO.transform
@@ -237,8 +241,8 @@ def test_predict_scene_geotiff_keeps_georeferencing_and_equals_whole_image(tmp_p
 def test_strip_processing_equals_in_memory_sliding_window(tmp_path: Any) -> None:
     pa, pb, a, b = _write_pair(tmp_path, h=131, w=97)
     model = Local3x3()
-    predict_scene(model, pa, pb, tmp_path / "m.tif", tile=32, overlap=12, batch_size=3,
-                  write_prob=tmp_path / "p.tif")
+    predict_scene(model, pa, pb, SceneOutputs(tmp_path / "m.tif", tmp_path / "p.tif"),
+                  PredictOptions(tile=32, overlap=12, batch_size=3))
     prob = read_image(tmp_path / "p.tif")[:, :, 0]
     expected = sliding_window_predict(model, _normalise(a), _normalise(b), tile=32, overlap=12)["change"]
     np.testing.assert_allclose(prob, expected.numpy(), atol=1e-5)
@@ -250,7 +254,7 @@ def test_predict_scene_calls_tile_extras_with_every_tile(tmp_path: Any) -> None:
     """Per-tile forward inputs (ChangeCLIP's tags per tile) see each strip's tiles of both dates, in order."""
     pa, pb, a, b = _write_pair(tmp_path, h=64, w=96)
     seen: list[tuple[torch.Tensor, torch.Tensor]] = []
-    predict_scene(Pointwise(), pa, pb, tmp_path / "m.tif", tile=32, overlap=0, batch_size=2,
+    predict_scene(Pointwise(), pa, pb, tmp_path / "m.tif", PredictOptions(tile=32, overlap=0, batch_size=2),
                   tile_extras=lambda ta, tb: seen.append((ta, tb)) or {})
     tiles_a = torch.cat([ta for ta, _ in seen])
     tiles_b = torch.cat([tb for _, tb in seen])
@@ -264,8 +268,8 @@ def test_predict_scene_semantic_class_maps(tmp_path: Any) -> None:
     pa, pb, a, b = _write_pair(tmp_path, h=70, w=60)
     model = Pointwise(num_classes=5)
     palette = np.array([[0, 0, 0], [255, 0, 0], [0, 255, 0], [0, 0, 255], [9, 9, 9]], np.uint8)
-    predict_scene(model, pa, pb, tmp_path / "m.tif", tile=32, overlap=8, sem_a_path=tmp_path / "sa.tif",
-                  sem_b_path=tmp_path / "sb.png", palette=palette)
+    predict_scene(model, pa, pb, SceneOutputs(tmp_path / "m.tif", sem_a=tmp_path / "sa.tif", sem_b=tmp_path / "sb.png"),
+                  PredictOptions(tile=32, overlap=8), palette=palette)
     with rasterio.open(tmp_path / "sa.tif") as ds:  # a colour table for GIS tools
         assert ds.colormap(1)[2] == (0, 255, 0, 255)
     from PIL import Image
@@ -283,7 +287,7 @@ def test_crs_mismatch_names_both_files_and_crss(tmp_path: Any) -> None:
     other = GeoInfo(crs=CRS.from_epsg(4326), transform=GEO.transform)
     pa, pb, _, _ = _write_pair(tmp_path, h=40, w=40, geo_b=other)
     with pytest.raises(SizeMismatchError) as err:
-        predict_scene(Pointwise(), pa, pb, tmp_path / "m.tif", tile=32, overlap=8)
+        predict_scene(Pointwise(), pa, pb, tmp_path / "m.tif", P32)
     msg = str(err.value)
     for part in (str(pa), str(pb), "EPSG:32633", "EPSG:4326", "reproject B onto A's grid first"):
         assert part in msg
@@ -293,34 +297,34 @@ def test_crs_mismatch_names_both_files_and_crss(tmp_path: Any) -> None:
 def test_size_and_transform_mismatch(tmp_path: Any) -> None:
     pa, pb, _, _ = _write_pair(tmp_path, h=40, w=40, hw_b=(40, 41))
     with pytest.raises(SizeMismatchError, match="40 x 41 pixels \(H x W\).*reproject B onto A's grid first"):
-        predict_scene(Pointwise(), pa, pb, tmp_path / "m.tif", tile=32, overlap=8)
+        predict_scene(Pointwise(), pa, pb, tmp_path / "m.tif", P32)
     shifted = GeoInfo(crs=GEO.crs, transform=Affine(10.0, 0.0, 500005.0, 0.0, -10.0, 5000000.0))
     pa, pb, _, _ = _write_pair(tmp_path, h=40, w=40, geo_b=shifted)
     with pytest.raises(SizeMismatchError, match="different pixel grids"):
-        predict_scene(Pointwise(), pa, pb, tmp_path / "m.tif", tile=32, overlap=8)
+        predict_scene(Pointwise(), pa, pb, tmp_path / "m.tif", P32)
 
 
 def test_predict_scene_png_pair(tmp_path: Any) -> None:
     pa, pb, a, b = _write_pair(tmp_path, h=45, w=70, suffix=".png")
     model = Pointwise()
-    out = predict_scene(model, pa, pb, tmp_path / "mask.png", tile=32, overlap=8, threshold=0.4)
+    out = predict_scene(model, pa, pb, tmp_path / "mask.png", PredictOptions(tile=32, overlap=8, threshold=0.4))
     mask = read_image(out)[:, :, 0]
     expected = model.predict(_normalise(a)[None], _normalise(b)[None])[0].numpy()
     confident = np.abs(expected - 0.4) > 1e-4  # ignore pixels within float noise of the threshold
     np.testing.assert_array_equal(mask[confident], np.where(expected > 0.4, 255, 0)[confident])
     assert set(np.unique(mask)) == {0, 255}
-    with pytest.raises(ConfigError, match="out_path"):
-        predict_scene(model, pa, pb, tmp_path / "mask.jpg", tile=32, overlap=8)
+    with pytest.raises(ConfigError, match="mask: output"):
+        predict_scene(model, pa, pb, tmp_path / "mask.jpg", P32)
     with pytest.raises(ConfigError, match="input images"):
-        predict_scene(model, pa, pb, pa, tile=32, overlap=8)
+        predict_scene(model, pa, pb, pa, P32)
 
 
 def test_predict_scene_passes_extras(tmp_path: Any) -> None:
     """Per-pair forward inputs (ChangeCLIP's tags) reach every tile of a scene."""
     pa, pb, a, b = _write_pair(tmp_path, h=40, w=50)
     model = Pointwise()
-    plain = predict_scene(model, pa, pb, tmp_path / "p0.tif", tile=32, overlap=8, write_prob=tmp_path / "q0.tif")
-    shifted = predict_scene(model, pa, pb, tmp_path / "p1.tif", tile=32, overlap=8, write_prob=tmp_path / "q1.tif",
+    plain = predict_scene(model, pa, pb, SceneOutputs(tmp_path / "p0.tif", tmp_path / "q0.tif"), P32)
+    shifted = predict_scene(model, pa, pb, SceneOutputs(tmp_path / "p1.tif", tmp_path / "q1.tif"), P32,
                             extras={"bias": torch.tensor([3.0])})
     assert plain.is_file() and shifted.is_file()
     p0, p1 = read_image(tmp_path / "q0.tif")[:, :, 0], read_image(tmp_path / "q1.tif")[:, :, 0]
@@ -331,7 +335,7 @@ def test_predict_scene_passes_extras(tmp_path: Any) -> None:
 def test_band_count_must_match_model(tmp_path: Any) -> None:
     pa, pb, _, _ = _write_pair(tmp_path, h=40, w=40)
     with pytest.raises(ConfigError, match="expects 4 input channels"):
-        predict_scene(Pointwise(in_channels=4), pa, pb, tmp_path / "m.tif", tile=32, overlap=8)
+        predict_scene(Pointwise(in_channels=4), pa, pb, tmp_path / "m.tif", P32)
 
 
 # ---------------------------------------------------------------------------------------------- polygons

@@ -91,7 +91,10 @@ def predict(
     a: Annotated[Path, typer.Option("--a", help="date-A image or folder")],
     b: Annotated[Path, typer.Option("--b", help="date-B image or folder")],
     out: Out,
-    tile: int = 512, overlap: int = 64, batch_size: int = 4,
+    tile: Annotated[int, typer.Option(help="tile side in pixels")] = 512,
+    overlap: Annotated[int, typer.Option(help="pixels shared by neighbouring tiles, blended away")] = 64,
+    batch_size: Annotated[int, typer.Option(help="tiles per forward pass")] = 4,
+    blend: Annotated[str, typer.Option(help="gaussian (seam-free) or mean (mmseg's averaging)")] = "gaussian",
     threshold: Threshold = None,
     prob: Annotated[bool, typer.Option("--prob", help="also write probability maps (into OUT_prob/)")] = False,
     overlay: Annotated[bool, typer.Option("--overlay", help="also write coloured overlays (into OUT_overlay/)")
@@ -107,9 +110,13 @@ def predict(
     from .engine.outputs import FILE_SUFFIXES, PredictionLayout
     from .engine.predict import predict as _predict
 
-    files = _predict(ckpt, a, b, out, tile=tile, overlap=overlap, batch_size=batch_size, threshold=threshold,
-                     save_prob=prob, save_overlay=overlay, device=device, amp=amp, tile_tags=tile_tags,
-                     clip_model=clip_model, clip_weights=clip_weights, clip_classes=clip_classes, overwrite=overwrite)
+    from .engine.options import PredictOptions
+
+    options = PredictOptions(tile=tile, overlap=overlap, batch_size=batch_size, blend=blend, threshold=threshold,
+                             save_prob=prob, save_overlay=overlay, device=device, amp=amp, tile_tags=tile_tags,
+                             clip_model=clip_model, clip_weights=clip_weights, clip_classes=clip_classes,
+                             overwrite=overwrite)
+    files = _predict(ckpt, a, b, out, options)
     single = len(files) == 1 and out.suffix.lower() in FILE_SUFFIXES
     typer.echo(f"wrote {len(files)} mask(s) to {files[0] if single else files[0].parent}")
     extras = PredictionLayout.plan(out, len(files), False, prob, overlay).roots()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
@@ -13,11 +14,13 @@ import torch
 from ..data.bands import check_bands, checkpoint_bands
 from ..data.discover import pair_folders
 from ..data.io import atomic_dir, atomic_path, image_size, read_image, write_image, write_png
-from ..errors import CheckpointError, ConfigError, DatasetNotFoundError, PairingError, SizeMismatchError
-from ..inference.scene import predict_scene
+from ..errors import CheckpointError, DatasetNotFoundError, PairingError, SizeMismatchError
+from ..data.normalize import Normalisation
+from ..inference.scene import SceneOutputs, predict_scene
 from ..inference.sliding import sliding_window_predict
 from ..safety import check_output, removes_new_folders
 from .checkpoint import load_checkpoint
+from .options import PredictOptions
 from .outputs import GEO_SUFFIXES, PredictionLayout, mask_suffix
 
 log = logging.getLogger(__name__)
@@ -46,22 +49,18 @@ def semantic_palette(cfg: dict[str, Any], num_classes: int) -> np.ndarray:
     return table.colors if table is not None else default_palette(num_classes)
 
 
-def _normalise(img: np.ndarray, mean: list[float], std: list[float]) -> torch.Tensor:
-    scale = 255.0 if img.dtype == np.uint8 else float(np.iinfo(img.dtype).max) if img.dtype.kind in "ui" else 1.0
-    x = torch.from_numpy(np.array(img, dtype=np.float32)).permute(2, 0, 1).div_(scale)
-    c = x.shape[0]
-    m = torch.tensor((list(mean) * c)[:c]).view(-1, 1, 1)
-    s = torch.tensor((list(std) * c)[:c]).view(-1, 1, 1)
-    return (x - m) / s
-
-
 def predict(
-    ckpt: str | Path, a: str | Path, b: str | Path, out: str | Path, tile: int = 512, overlap: int = 64,
-    batch_size: int = 4, threshold: float | None = None, save_prob: bool = False, save_overlay: bool = False,
-    device: str | None = None, amp: bool = False, tile_tags: bool = False, clip_model: str = "ViT-B-16",
-    clip_weights: str | Path | None = None, clip_classes: str | Path | None = None, overwrite: bool = False,
+    ckpt: str | Path, a: str | Path, b: str | Path, out: str | Path, options: PredictOptions | None = None,
+    **overrides: Any,
 ) -> list[Path]:
     """Write a 0/255 change mask per pair (GeoTIFF in, GeoTIFF out); returns the mask files.
+
+    Args:
+        ckpt: a changekit checkpoint.
+        a, b: the two dates: two image files, or two folders paired by stem.
+        out: a folder, or a ``.png``/``.tif`` file for one pair.
+        options: tiling, threshold, device, extra outputs... (:class:`~changekit.engine.options.PredictOptions`);
+            keywords (``tile=256``, ``save_prob=True``...) override single fields.
 
     Where every file goes is decided in :mod:`changekit.engine.outputs`: a folder ``out`` holds only masks
     (``eval-masks --pred OUT`` scores it; semantic models write ``OUT/change``, ``OUT/label1``, ``OUT/label2``,
@@ -83,34 +82,34 @@ def predict(
 
     Raises:
         OutputError: an output overlaps an input, exists without ``overwrite``, or cannot be written.
-        ConfigError: ``threshold`` is outside [0, 1].
+        ConfigError: an option is out of range.
     """
-    if threshold is not None and not 0.0 <= float(threshold) <= 1.0:
-        raise ConfigError(f"--threshold: must be within [0, 1], got {threshold:g}")
+    opt = PredictOptions.build(options, **overrides)
     pairs = pair_inputs(a, b)
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = torch.device(opt.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model, cfg = load_checkpoint(ckpt, map_location=dev)
     bands = checkpoint_bands(model, cfg)
     for _, fa, fb in pairs:  # header reads: another band count than the model's is one line, not a traceback
         for path in (fa, fb):
             check_bands(path, image_size(path)[2], bands, ckpt)
     semantic = getattr(model, "task", "binary") == "semantic"
-    layout = PredictionLayout.plan(out, len(pairs), semantic, save_prob, save_overlay)
+    layout = PredictionLayout.plan(out, len(pairs), semantic, opt.save_prob, opt.save_overlay)
     geo = [stem for stem, fa, _ in pairs if fa.suffix.lower() in GEO_SUFFIXES]
     roots = layout.roots(with_overlay=len(geo) < len(pairs))
     for path in roots.values():
-        check_output(path, inputs=[a, b, ckpt], overwrite=overwrite, kind="file" if layout.single_file else "folder")
-    if save_overlay and geo:
+        check_output(path, inputs=[a, b, ckpt], overwrite=opt.overwrite,
+                     kind="file" if layout.single_file else "folder")
+    if opt.save_overlay and geo:
         log.warning("--overlay: not drawn for GeoTIFF inputs (%d pair(s), e.g. %s); view the mask over the scene "
                     "in a GIS instead", len(geo), geo[0])
-    thr = float(cfg["trainer"]["threshold"] if threshold is None else threshold)
+    thr = float(cfg["trainer"]["threshold"] if opt.threshold is None else opt.threshold)
     palette = semantic_palette(cfg, int(getattr(model, "num_classes", 0))) if semantic else None
     tagger: Any = None
-    if tile_tags:
+    if opt.tile_tags:
         from ..clip_tags import TileTagger
 
-        tagger = TileTagger.for_run(cfg, model, ckpt, clip_model, clip_weights, clip_classes, dev)
-    run = _PairRunner(model, cfg, dev, thr, palette, tile, overlap, batch_size, amp, tagger)
+        tagger = TileTagger.for_run(cfg, model, ckpt, opt.clip_model, opt.clip_weights, opt.clip_classes, dev)
+    run = _PairRunner(model, cfg, dev, thr, palette, opt, tagger)
     written: list[Path] = []
     with removes_new_folders(*roots.values()), contextlib.ExitStack() as stack:
         writer = atomic_path if layout.single_file else atomic_dir
@@ -128,10 +127,10 @@ class _PairRunner:
     """Predicts one pair and writes its files (the paths come from :class:`PredictionLayout`)."""
 
     def __init__(self, model: torch.nn.Module, cfg: dict[str, Any], device: torch.device, threshold: float,
-                 palette: np.ndarray | None, tile: int, overlap: int, batch_size: int, amp: bool,
-                 tagger: Any) -> None:
+                 palette: np.ndarray | None, options: PredictOptions, tagger: Any) -> None:
         self.model, self.cfg, self.device, self.thr, self.palette = model, cfg, device, threshold, palette
-        self.window = dict(tile=tile, overlap=overlap, batch_size=batch_size, amp=amp, tile_extras=tagger)
+        self.options, self.tagger = dataclasses.replace(options, threshold=threshold), tagger
+        self.window = dict(**options.window(), tile_extras=tagger)
         self.takes_tags = "tags_a" in getattr(model, "extra_inputs", ()) and tagger is None
 
     def __call__(self, stem: str, fa: Path, fb: Path, files: dict[str, Path]) -> None:
@@ -142,18 +141,18 @@ class _PairRunner:
             t = self.cfg["data"].get("tags") or {}
             extras = pair_extras(fa, fb, t.get("suffix", "clipcls_56_vit16"), t.get("top_k", 9),
                                  bool(t.get("allow_missing")))
-        mean, std = self.cfg["data"]["mean"], self.cfg["data"]["std"]
+        norm = Normalisation.from_config(self.cfg)
         if fa.suffix.lower() in GEO_SUFFIXES:
-            predict_scene(self.model, fa, fb, files["mask"], threshold=self.thr, write_prob=files.get("prob"),
-                          mean=mean, std=std, device=self.device, extras=extras, palette=self.palette,
-                          sem_a_path=files.get("sem_a"), sem_b_path=files.get("sem_b"), **self.window)
+            outputs = SceneOutputs(files["mask"], files.get("prob"), files.get("sem_a"), files.get("sem_b"))
+            predict_scene(self.model, fa, fb, outputs, self.options, norm,
+                          extras=extras, palette=self.palette, tile_extras=self.tagger)
             return
         ia, ib = read_image(fa), read_image(fb)
         if ia.shape != ib.shape:
             raise SizeMismatchError(f"{fa} is {_hwc(ia)} but {fb} is {_hwc(ib)} (H x W x C); the two dates must "
                                     "match in size and bands")
         res: dict[str, Any] = sliding_window_predict(
-            self.model, _normalise(ia, mean, std), _normalise(ib, mean, std), device=self.device, extras=extras,
+            self.model, norm.hwc(ia, fa), norm.hwc(ib, fb), device=self.device, extras=extras,
             **self.window)
         prob = res["change"] if isinstance(res, dict) else res
         prob = prob.cpu().numpy() if torch.is_tensor(prob) else np.asarray(prob)

@@ -13,9 +13,9 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -23,12 +23,14 @@ from torch import nn
 
 from ..data.io import atomic_path, geo_transform, nonfinite_pixels, read_image, write_png
 from ..errors import ConfigError, DatasetNotFoundError, ImageReadError, SizeMismatchError
+from ..data.normalize import Normalisation
 from .sliding import TileExtras, TilePredictor, eval_mode, stride_from
+
+if TYPE_CHECKING:
+    from ..engine.options import PredictOptions
 
 log = logging.getLogger(__name__)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 _GEOTIFF = (".tif", ".tiff")
 _PNG = (".png",)
 
@@ -149,45 +151,34 @@ class _Output:
             write_png(self.path, self._arr, palette=self.palette)
 
 
-def _normaliser(src: _Raster, mean: Sequence[float], std: Sequence[float], scale: float | None) -> Any:
-    """A function mapping raw ``(C, h, w)`` pixels to normalised float32 tensors."""
-    if scale is None:
-        scale = float(np.iinfo(src.dtype).max) if np.issubdtype(src.dtype, np.integer) else 1.0
-        log.info("%s: dtype %s, dividing pixel values by %g before mean/std", src.path, src.dtype, scale)
-    m = np.asarray(mean, np.float32).reshape(-1, 1, 1)
-    s = np.asarray(std, np.float32).reshape(-1, 1, 1)
-    for key, v in (("mean", m), ("std", s)):
-        if len(v) not in (1, src.count):
-            raise ConfigError(f"{key}: has {len(v)} values but {src.path} has {src.count} bands")
-    if (s == 0).any():
-        raise ConfigError("std: values must be non-zero")
+@dataclass
+class SceneOutputs:
+    """The files one scene prediction writes (``None``: not written).
 
-    def normalise(raw: np.ndarray) -> torch.Tensor:
-        if np.issubdtype(raw.dtype, np.floating):  # NaN / Inf are nodata: they never reach the network
-            raw = np.where(np.isfinite(raw), raw, 0)
-        return torch.from_numpy((raw.astype(np.float32) / np.float32(scale) - m) / s)
+    Attributes:
+        mask: 0 = no change, 255 = change (uint8); ``.tif`` keeps A's georeferencing, ``.png`` has none.
+        prob: change probability (float32 GeoTIFF; a PNG is scaled to 0..255).
+        sem_a, sem_b: semantic models: class-index maps of each date (uint8, with the palette).
+    """
 
-    return normalise
+    mask: Path
+    prob: Path | None = None
+    sem_a: Path | None = None
+    sem_b: Path | None = None
+
+    def items(self) -> list[tuple[str, Path]]:
+        """``(key, path)`` of every file to write."""
+        return [(k, Path(v)) for k, v in vars(self).items() if v is not None]
 
 
 def predict_scene(
     model: nn.Module,
     a_path: str | Path,
     b_path: str | Path,
-    out_path: str | Path,
-    tile: int = 512,
-    overlap: int = 64,
-    batch_size: int = 4,
-    threshold: float = 0.5,
-    write_prob: str | Path | None = None,
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
-    scale: float | None = None,
-    device: str | torch.device | None = None,
-    blend: str = "gaussian",
-    amp: bool = False,
-    sem_a_path: str | Path | None = None,
-    sem_b_path: str | Path | None = None,
+    outputs: SceneOutputs | str | Path,
+    options: PredictOptions | None = None,
+    norm: Normalisation | None = None,
+    *,
     extras: dict[str, Any] | None = None,
     palette: np.ndarray | None = None,
     tile_extras: TileExtras | None = None,
@@ -198,36 +189,32 @@ def predict_scene(
         model: a change model; it runs in eval mode without gradients.
         a_path, b_path: the two dates (GeoTIFF read by windows, or PNG/JPEG decoded whole); they must share
             size, band count, CRS and transform.
-        out_path: mask output, 0 = no change, 255 = change (uint8); ``.tif``/``.tiff`` keeps A's CRS and
-            transform, ``.png`` has no georeferencing.
-        tile, overlap, batch_size, blend, amp: sliding-window settings (see ``sliding_window_predict``).
-        threshold: a pixel is change when its probability is above this.
-        write_prob: optional path of the change probability (float32 GeoTIFF; a PNG is scaled to 0..255).
-        mean, std: per-band normalisation after dividing by ``scale`` (default: ImageNet statistics).
-        scale: divisor applied to raw pixels first; ``None`` uses the dtype maximum for integer rasters
-            (255 for uint8) and 1 for floats.
-        device: compute device; ``None`` keeps the model's device.
+        outputs: the files to write (:class:`SceneOutputs`), or just the mask's path.
+        options: tile, overlap, batch size, blend, amp, threshold (default 0.5) and device (default: the model's)
+            (:class:`~changekit.engine.options.PredictOptions`).
+        norm: raw pixels -> model input (default: dtype full scale, then ImageNet mean/std).
         extras: the model's extra forward inputs for this one pair (e.g. ChangeCLIP's tags), one entry each.
-        sem_a_path, sem_b_path: semantic models only: optional class-index maps (uint8) of each date.
-        palette: ``(K, 3)`` uint8 class colours for those maps (a GeoTIFF colour table or a palette PNG).
+        palette: ``(K, 3)`` uint8 class colours for the class maps (a GeoTIFF colour table or a palette PNG).
         tile_extras: forward inputs computed per batch of tiles instead (e.g. a
             :class:`~changekit.clip_tags.TileTagger`: ChangeCLIP's tags from each tile).
 
     Returns:
-        ``out_path``.
+        The mask's path.
 
     Raises:
         SizeMismatchError: A and B differ in size, bands, CRS or transform.
         ConfigError: a setting or an output suffix is invalid, or the bands do not match the model.
     """
-    out_path = Path(out_path)
-    if not 0.0 <= threshold <= 1.0:
-        raise ConfigError(f"threshold: must be within [0, 1], got {threshold}")
+    from ..engine.options import PredictOptions
+
+    files = outputs if isinstance(outputs, SceneOutputs) else SceneOutputs(Path(outputs))
+    opt = (options or PredictOptions()).validate()
+    norm = norm or Normalisation()
+    threshold = 0.5 if opt.threshold is None else float(opt.threshold)
     inputs = {Path(a_path).resolve(), Path(b_path).resolve()}
-    for key, p in (("out_path", out_path), ("write_prob", write_prob), ("sem_a_path", sem_a_path),
-                   ("sem_b_path", sem_b_path)):
-        if p is not None and Path(p).resolve() in inputs:
-            raise ConfigError(f"{key}: {p} is one of the input images; choose another output path")
+    for key, p in files.items():
+        if p.resolve() in inputs:
+            raise ConfigError(f"{p}: the {key} output is one of the input images; choose another output path")
     with contextlib.ExitStack() as stack:
         src_a = _Raster(a_path)
         stack.callback(src_a.close)
@@ -237,21 +224,17 @@ def predict_scene(
         in_ch = getattr(model, "in_channels", None)
         if in_ch is not None and in_ch != src_a.count:
             raise ConfigError(f"{src_a.path} has {src_a.count} bands but the model expects {in_ch} input channels")
-        norm_a = _normaliser(src_a, mean, std, scale)
-        norm_b = _normaliser(src_b, mean, std, scale)
-        predictor = TilePredictor(model, tile, stride_from(tile, overlap, None), batch_size, blend, device, amp)
-        outputs = {"mask": _Output(out_path, "out_path", "uint8", src_a, stack)}
-        if write_prob is not None:
-            outputs["prob"] = _Output(write_prob, "write_prob", "float32", src_a, stack)
-        for key, p in (("sem_a", sem_a_path), ("sem_b", sem_b_path)):
-            if p is not None:
-                outputs[key] = _Output(p, f"{key}_path", "uint8", src_a, stack, palette)
+        predictor = TilePredictor(model, opt.tile, stride_from(opt.tile, opt.overlap, None), opt.batch_size,
+                                  opt.blend, opt.device, opt.amp)
+        writers = {key: _Output(p, key, "float32" if key == "prob" else "uint8", src_a, stack,
+                                palette if key.startswith("sem") else None) for key, p in files.items()}
         with eval_mode(model), torch.inference_mode():
-            _run_strips(predictor, src_a, src_b, norm_a, norm_b, outputs, threshold, extras, tile_extras)
-        for out in outputs.values():
+            _run_strips(predictor, src_a, src_b, lambda raw: norm.chw(raw, src_a.path),
+                        lambda raw: norm.chw(raw, src_b.path), writers, threshold, extras, tile_extras)
+        for out in writers.values():
             out.finish()
-    log.info("wrote %s", out_path)
-    return out_path
+    log.info("wrote %s", files.mask)
+    return files.mask
 
 
 def _run_strips(

@@ -1,0 +1,83 @@
+"""The settings of a prediction run, in one typed object that the CLI and the Python API share.
+
+``changekit predict`` builds a :class:`PredictOptions` from its flags; ``changekit.predict(ckpt, a, b, out,
+PredictOptions(tile=256, amp=True))`` (or the same keywords directly) is the Python form. Checking happens once,
+in :meth:`PredictOptions.validate`, so every entry point refuses a bad value with the same one-line message.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError, suggest
+
+BLENDS = ("gaussian", "mean")
+
+
+@dataclass
+class PredictOptions:
+    """How pairs are cut into tiles, run and written.
+
+    Attributes:
+        tile: tile side in pixels (rounded up to the model's input divisor).
+        overlap: pixels shared by neighbouring tiles (``0 <= overlap < tile``); blended away.
+        batch_size: tiles per forward pass.
+        blend: ``gaussian`` (seam-free) or ``mean`` (mmseg's averaging).
+        threshold: change probability above which a pixel is change; ``None``: the checkpoint's
+            ``trainer.threshold``.
+        device: ``cpu``, ``cuda``, ``cuda:1``...; ``None``: CUDA when available.
+        amp: autocast (bfloat16 on CPU, float16 on CUDA); probabilities are accumulated in float32.
+        save_prob: also write change probabilities (``OUT_prob/``).
+        save_overlay: also write coloured overlays (``OUT_overlay/``, PNG inputs only).
+        overwrite: replace existing outputs.
+        tile_tags: ChangeCLIP: tag every tile with CLIP instead of reading tag files (the seed's ``mm_slide``).
+        clip_model, clip_weights, clip_classes: the CLIP model, its local weights and class-name file for
+            ``tile_tags``.
+    """
+
+    tile: int = 512
+    overlap: int = 64
+    batch_size: int = 4
+    blend: str = "gaussian"
+    threshold: float | None = None
+    device: str | None = None
+    amp: bool = False
+    save_prob: bool = False
+    save_overlay: bool = False
+    overwrite: bool = False
+    tile_tags: bool = False
+    clip_model: str = "ViT-B-16"
+    clip_weights: str | Path | None = None
+    clip_classes: str | Path | None = None
+
+    @classmethod
+    def build(cls, options: PredictOptions | None = None, **overrides: Any) -> PredictOptions:
+        """``options`` (or the defaults) with ``overrides`` applied; an unknown keyword is one ``ConfigError``."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = [k for k in overrides if k not in names]
+        if unknown:
+            raise ConfigError(f"predict: unknown option '{unknown[0]}'{suggest(unknown[0], names)}")
+        base = options if options is not None else cls()
+        return dataclasses.replace(base, **overrides).validate()
+
+    def validate(self) -> PredictOptions:
+        """Check every value once; returns ``self``."""
+        for name in ("tile", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"--{name.replace('_', '-')}: must be a positive integer, got {value!r}")
+        if isinstance(self.overlap, bool) or not isinstance(self.overlap, int) or not 0 <= self.overlap < self.tile:
+            raise ConfigError(f"--overlap: must be between 0 and tile - 1 = {self.tile - 1}, got {self.overlap!r}")
+        if self.blend not in BLENDS:
+            raise ConfigError(f"--blend: must be one of {', '.join(BLENDS)}, got {self.blend!r}"
+                              f"{suggest(str(self.blend), BLENDS)}")
+        if self.threshold is not None and not 0.0 <= float(self.threshold) <= 1.0:
+            raise ConfigError(f"--threshold: must be within [0, 1], got {self.threshold:g}")
+        return self
+
+    def window(self) -> dict[str, Any]:
+        """The sliding-window keywords (``tile``, ``overlap``, ``batch_size``, ``blend``, ``amp``)."""
+        return dict(tile=self.tile, overlap=self.overlap, batch_size=self.batch_size, blend=self.blend, amp=self.amp)
