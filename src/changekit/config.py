@@ -89,6 +89,10 @@ DEFAULTS: dict[str, Any] = {
         "warmup": 0,  # warm-up length, in `warmup_unit`
         "warmup_unit": "step",  # step | epoch
         "warmup_factor": 1e-3,  # lr factor at the first warm-up iteration (linear to 1)
+        # the recipe's own length; a shorter run (max_epochs/max_steps/max_time_minutes) gets warm-up and decay
+        # as fractions of the run actually made. null: trainer.max_epochs / max_steps
+        "plan_epochs": None,
+        "plan_steps": None,
     },
     "trainer": {
         "max_epochs": 10,

@@ -154,6 +154,8 @@ SCHEMA: dict[str, Any] = {
         "warmup": Int(0),
         "warmup_unit": Choice(("step", "epoch")),
         "warmup_factor": FRACTION,
+        "plan_epochs": Int(1, optional=True),
+        "plan_steps": Int(1, optional=True),
     },
     "trainer": {
         "max_epochs": Int(1, special=(-1,)),

@@ -8,6 +8,7 @@ the resolved config (``hyper_parameters["config"]``), so a model is rebuilt by n
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
 import lightning as L
@@ -20,7 +21,7 @@ from ..models import build_model
 from ..models.outputs import ChangeOutput
 from .ema import EMAWeights
 from .guards import check_loss, check_weights
-from .schedules import build_optimizer, build_scheduler
+from .schedules import BudgetShaper, SchedulePlan, build_optimizer, build_scheduler
 
 if TYPE_CHECKING:
     from ..inference.sliding import TileExtras
@@ -63,6 +64,9 @@ class ChangeTask(L.LightningModule):
         self.max_samples = 0
         #: sliding-window evaluation: forward inputs computed per batch of tiles (``test --tile-tags``)
         self.tile_extras: TileExtras | None = None
+        #: a schedule shaped to a run shorter than its recipe (see ``configure_optimizers``), and its saved state
+        self.shaper: BudgetShaper | None = None
+        self._shaper_state: dict[str, Any] | None = None
 
     # ---------------------------------------------------------------- forward
     @property
@@ -146,6 +150,15 @@ class ChangeTask(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:  # noqa: D102
         check_weights(checkpoint.get("state_dict") or {}, self.global_step)  # never a non-finite checkpoint
+        if self.shaper is not None:  # the run's planned length survives a resume
+            checkpoint["changekit_schedule"] = self.shaper.state_dict(time.monotonic())
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:  # noqa: D102
+        self._shaper_state = checkpoint.get("changekit_schedule")  # read by configure_optimizers (called later)
+
+    def on_train_start(self) -> None:  # noqa: D102
+        if self.shaper is not None:
+            self.shaper.start(time.monotonic(), self.global_step)
 
     def on_train_epoch_start(self) -> None:  # noqa: D102
         self.model.current_epoch = self.current_epoch  # epoch-dependent terms (ClearSCD's SACL warm-up), 0-based
@@ -153,6 +166,8 @@ class ChangeTask(L.LightningModule):
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:  # noqa: D102
         if self.ema is not None:
             self.ema.update(self.model)
+        if self.shaper is not None and self.shaper.update(self.global_step, time.monotonic()):
+            self.trainer.should_stop = True  # the whole run's time budget (all invocations) is spent
 
     # ---------------------------------------------------------------- evaluation
     def _eval_step(self, batch: dict[str, Any], stage: str) -> ChangeOutput:
@@ -237,5 +252,12 @@ class ChangeTask(L.LightningModule):
         batches = self.trainer.num_training_batches
         accumulate = max(1, self.trainer.accumulate_grad_batches)
         steps_per_epoch = max(1, int(batches) // accumulate) if batches not in (None, float("inf")) else total
-        sched = build_scheduler(optimizer, self.config["schedule"], steps_per_epoch, total)
+        scfg, minutes = self.config["schedule"], self.config["trainer"]["max_time_minutes"]
+        plan = SchedulePlan.from_config(scfg, steps_per_epoch, total)
+        budget_s = float(minutes) * 60 if minutes else None
+        horizon = None
+        if plan.shapes(total, budget_s):  # shorter than the recipe, or bounded by time: warm up, peak and decay
+            self.shaper = BudgetShaper(plan, total, budget_s, self._shaper_state)
+            horizon = self.shaper.horizon
+        sched = build_scheduler(optimizer, scfg, steps_per_epoch, total, horizon=horizon)
         return optimizer if sched is None else {"optimizer": optimizer, "lr_scheduler": sched}
