@@ -65,6 +65,8 @@ DEFAULTS: dict[str, Any] = {
         "check_values": True,  # decode every label once to check its values
         "label_palette": None,  # change masks drawn in colour: {"R,G,B": 0 | 1 | 255} (no change, change, ignore)
         "drop_last": False,
+        "sampler": "uniform",  # uniform | change_balanced (a share of training crops centred on changed pixels)
+        "change_share": 0.5,  # change_balanced: fraction of samples centred on change
         # ChangeCLIP's per-date CLIP tags (`changekit clip-tag` JSON files); enabled: auto | true | false
         "tags": {"enabled": "auto", "suffix": "clipcls_56_vit16", "top_k": 9, "allow_missing": False},
     },

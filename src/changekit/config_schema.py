@@ -125,6 +125,8 @@ SCHEMA: dict[str, Any] = {
         "augment": _augment,
         "check_values": Bool(),
         "drop_last": Bool(),
+        "sampler": Choice(("uniform", "change_balanced")),
+        "change_share": FRACTION,
         "label_palette": _label_palette,
         "tags": {
             "enabled": Choice(("auto", True, False)),

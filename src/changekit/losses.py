@@ -16,6 +16,11 @@ Logit layouts (``ChangeOutput.change`` may have 1 or K channels):
   ``skip_empty=True`` scores classes absent from the target as 0 loss (smp's ``DiceLoss`` behaviour, which
   ClearSCD uses).
 
+``pos_weight: auto`` (``bce``) and ``class_weights: auto`` (``ce``, ``ohem_ce`` has none) are resolved from the
+training labels' change share ``s`` before a run starts (:func:`resolve_auto_weights`): ``pos_weight = (1 - s) /
+s`` and ``class_weights = [1 / (2 (1 - s)), 1 / (2 s)]`` (inverse class frequency, as Daudt et al. 2018 weight
+their loss), and the numbers replace ``auto`` in the run's config.
+
 Every loss ignores pixels whose target equals ``ignore_index`` (default 255), and a batch with no valid pixel
 gives a loss of exactly 0 (still attached to the graph), never NaN. Losses compute in float32 whatever the
 logits' dtype.
@@ -278,6 +283,44 @@ class DiceLoss(nn.Module):
         return loss.mean() * valid.any()
 
 
+AUTO_PARAMS = {"bce": "pos_weight", "ce": "class_weights"}  # parameters that accept ``auto``
+
+
+def auto_terms(spec: list[dict[str, Any]] | dict[str, Any]) -> list[int]:
+    """Indices of the loss entries with an ``auto`` weight still to resolve."""
+    entries = [spec] if isinstance(spec, dict) else spec
+    return [i for i, e in enumerate(entries)
+            if isinstance(e, dict) and e.get(AUTO_PARAMS.get(str(e.get("name")), "")) == "auto"]
+
+
+def resolve_auto_weights(spec: list[dict[str, Any]], change_share: float, key: str = "loss") -> list[str]:
+    """Replace ``auto`` weights in ``spec`` (in place) by numbers from the change share of the training labels.
+
+    Args:
+        spec: the config's loss entries.
+        change_share: changed pixels / labelled pixels of the training set.
+        key: config key named in messages.
+
+    Returns:
+        One line per resolved value (``loss[0].pos_weight = 48.6``), for the log.
+
+    Raises:
+        ConfigError: the training labels hold no change (or nothing but change), so no weight follows.
+    """
+    done = []
+    for i in auto_terms(spec):
+        param = AUTO_PARAMS[spec[i]["name"]]
+        if not 0.0 < change_share < 1.0:
+            raise ConfigError(f"{key}[{i}].{param}: auto needs both changed and unchanged pixels in the training "
+                              f"labels (data.train), found a change share of {change_share:.4g}; give a number")
+        if param == "pos_weight":
+            spec[i][param] = round((1 - change_share) / change_share, 4)
+        else:
+            spec[i][param] = [round(0.5 / (1 - change_share), 4), round(0.5 / change_share, 4)]
+        done.append(f"{key}[{i}].{param} = {spec[i][param]} (training change share {change_share:.4f})")
+    return done
+
+
 LOSSES: dict[str, type[nn.Module]] = {"bce": BCELoss, "ce": CELoss, "dice": DiceLoss, "focal": FocalLoss,
                                       "ohem_ce": OHEMCELoss}
 
@@ -360,6 +403,11 @@ def build_loss(spec: list[dict[str, Any]], key: str = "loss") -> CompositeLoss:
                 f"{where} ({name}): unknown target '{target}'{suggest(str(target), TARGETS)}; "
                 f"known: {', '.join(TARGETS)}"
             )
+        if params.get(AUTO_PARAMS.get(name, "")) == "auto":
+            if target != "change":
+                raise ConfigError(f"{where} ({name}): {AUTO_PARAMS[name]}: auto is computed from the change mask; "
+                                  f"give numbers for target '{target}'")
+            params[AUTO_PARAMS[name]] = None  # resolved from the training labels before training (auto_terms)
         cls = LOSSES[name]
         allowed = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
         for p in params:

@@ -39,6 +39,7 @@ from .labels import (
 )
 from .discover import PairRecord, discover
 from .io import read_image, size_text, zero_nonfinite
+from .transform_ops import CROP_HINT, crop_hint_mask
 
 log = logging.getLogger(__name__)
 
@@ -175,13 +176,20 @@ class ChangeDataset(Dataset):
     def __repr__(self) -> str:
         return f"ChangeDataset({self.source!r}, pairs={len(self)}, layout={self.layout!r}, task={self.task!r})"
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
+    def __getitem__(self, i: int | tuple[int, tuple[int, int] | None]) -> dict[str, Any]:
+        """Item ``i``; ``(i, (row, col))`` from :class:`~changekit.data.samplers.ChangeBalancedSampler` also
+        asks the transform's ``random_crop`` to centre its crop on that pixel (ignored without a crop)."""
+        i, hint = i if isinstance(i, tuple) else (i, None)
         if not -len(self) <= i < len(self):
             raise IndexError(f"index {i} out of range for {len(self)} pairs")
         i = i % len(self)
         arrays = self.load_arrays(i)
         if self.transform is not None:
-            arrays = self.transform({k: v.copy() for k, v in arrays.items()} if self.cache else arrays)
+            arrays = {k: v.copy() for k, v in arrays.items()} if self.cache else dict(arrays)
+            if hint is not None:
+                arrays[CROP_HINT] = crop_hint_mask(arrays["image_a"].shape[:2], hint)
+            arrays = self.transform(arrays)
+            arrays.pop(CROP_HINT, None)
             if not isinstance(arrays, dict) or not all(isinstance(arrays.get(k), np.ndarray)
                                                        for k in ("image_a", "image_b")):
                 raise ConfigError("transform must return a dict of numpy arrays with 'image_a' and 'image_b'")
@@ -195,6 +203,13 @@ class ChangeDataset(Dataset):
                 item[key] = val
         item["stem"] = self.records[i].stem
         return item
+
+    def change_mask(self, i: int) -> np.ndarray:
+        """The 0/1/255 change mask of pair ``i`` (labels only; no image is read)."""
+        rec = self.records[i]
+        if not rec.has_labels:
+            raise ConfigError(f"{rec.a}: pair '{rec.stem}' has no label")
+        return self._labels(rec)["mask"]
 
     def load_arrays(self, i: int) -> dict[str, np.ndarray]:
         """Decoded arrays of pair ``i`` as the transform receives them (labels converted, not normalised)."""

@@ -5,14 +5,24 @@ checkpoint (a fresh generator) sees other orders, and a run resumed in the middl
 epoch (Lightning then counts more steps than the schedule planned). Here epoch ``e``'s order is drawn from
 ``(seed, e)`` alone, and :meth:`ResumableShuffleSampler.resume_at` drops the samples of that epoch that were
 already trained on before the kill.
+
+:class:`ChangeBalancedSampler` (``data.sampler: change_balanced``) keeps that contract and centres a share of
+the crops on changed pixels, for large images with sparse change (OSCD, xBD).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from torch.utils.data import Sampler
+
+from ..errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 class ResumableShuffleSampler(Sampler[int]):
@@ -42,7 +52,7 @@ class ResumableShuffleSampler(Sampler[int]):
         rng = np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(int(epoch),)))
         return rng.permutation(self.size).tolist()
 
-    def __iter__(self) -> Iterator[int]:
+    def __iter__(self) -> Iterator[Any]:
         order = self.order(self.epoch)
         if self._resume is not None and self._resume[0] == self.epoch:
             order = order[self._resume[1]:]
@@ -51,3 +61,90 @@ class ResumableShuffleSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return self.size
+
+
+# ------------------------------------------------------------------------------------- change-aware sampling
+
+SAMPLERS = ("uniform", "change_balanced")
+MAX_POINTS = 4096  # changed pixels kept per image as crop centres (a deterministic subsample)
+
+
+@dataclass
+class ChangeIndex:
+    """Where the change is in a training set: per image the changed and valid pixel counts and up to
+    :data:`MAX_POINTS` changed pixel positions (row, col), read from the labels once.
+
+    Used by :class:`ChangeBalancedSampler` for crop centres and by ``loss.pos_weight: auto`` /
+    ``class_weights: auto`` for the change share.
+    """
+
+    changed: np.ndarray  # (N,) int64
+    valid: np.ndarray  # (N,) int64
+    points: list[np.ndarray]  # N arrays of (k, 2) int32 rows and columns
+
+    @property
+    def share(self) -> float:
+        """Changed pixels / labelled (not ignored) pixels over the whole set."""
+        total = int(self.valid.sum())
+        return float(self.changed.sum()) / total if total else 0.0
+
+    @classmethod
+    def of(cls, dataset: Any) -> ChangeIndex:
+        """The index of a :class:`~changekit.data.datasets.ChangeDataset` (computed once, kept on it)."""
+        cached = getattr(dataset, "_change_index", None)
+        if isinstance(cached, ChangeIndex):
+            return cached
+        changed, valid, points = [], [], []
+        for i in range(len(dataset)):
+            mask = dataset.change_mask(i)
+            rows, cols = np.nonzero(mask == 1)
+            changed.append(rows.size)
+            valid.append(int((mask != 255).sum()))
+            if rows.size > MAX_POINTS:
+                keep = np.random.default_rng(i).choice(rows.size, MAX_POINTS, replace=False)
+                rows, cols = rows[keep], cols[keep]
+            points.append(np.stack([rows, cols], 1).astype(np.int32))
+        index = cls(np.asarray(changed, np.int64), np.asarray(valid, np.int64), points)
+        log.info("change index: %d of %d images hold change; change share %.4f", int((index.changed > 0).sum()),
+                 len(index.changed), index.share)
+        dataset._change_index = index
+        return index
+
+
+class ChangeBalancedSampler(ResumableShuffleSampler):
+    """Draws a share of the samples as crops centred on changed pixels, the rest as a uniform shuffle.
+
+    An epoch has as many samples as the set. Each is, with probability ``change_share``, ``(i, (row, col))``:
+    an image ``i`` drawn uniformly among those holding change and one of its changed pixels, which the
+    dataset passes to the ``random_crop`` op as the crop's centre (jittered by up to a quarter of the crop,
+    so that change is not always in the middle); otherwise ``(i, None)`` from the epoch's uniform shuffle. On
+    tiled data without a crop this oversamples the tiles that hold change. Epoch ``e`` is drawn from
+    ``(seed, e)`` alone, and a mid-epoch resume skips the samples already trained on, as the parent class.
+
+    Args:
+        index: the training set's :class:`ChangeIndex`.
+        seed: the run's seed.
+        change_share: fraction of samples centred on change (0..1).
+    """
+
+    def __init__(self, index: ChangeIndex, seed: int, change_share: float = 0.5) -> None:
+        super().__init__(len(index.changed), seed)
+        if not 0.0 <= float(change_share) <= 1.0:
+            raise ConfigError(f"data.change_share: {change_share!r} must be in 0..1")
+        self.index = index
+        self.change_share = float(change_share)
+        self._with_change = np.flatnonzero(index.changed > 0)
+
+    def order(self, epoch: int) -> list[tuple[int, tuple[int, int] | None]]:  # type: ignore[override]
+        """The full order of ``epoch``: ``(index, crop centre or None)`` pairs."""
+        uniform = super().order(epoch)
+        rng = np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(int(epoch), 1)))
+        out: list[tuple[int, tuple[int, int] | None]] = []
+        for i in uniform:
+            if self._with_change.size and rng.random() < self.change_share:
+                j = int(self._with_change[rng.integers(self._with_change.size)])
+                row, col = self.index.points[j][rng.integers(len(self.index.points[j]))]
+                out.append((j, (int(row), int(col))))
+            else:
+                out.append((int(i), None))
+        return out

@@ -134,8 +134,9 @@ class TaggedDataset(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
+    def __getitem__(self, i: int | tuple[int, Any]) -> dict[str, Any]:
         item = self.dataset[i]
+        i = i[0] if isinstance(i, tuple) else i  # (index, crop hint) from a change-balanced sampler
         item["tags_a"], item["tags_b"] = self.tags["tags_a"][i], self.tags["tags_b"][i]
         return item
 

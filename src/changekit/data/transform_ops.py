@@ -40,6 +40,45 @@ class _Rot90(A.RandomRotate90):
         return out[..., None] if img.ndim == 3 and out.ndim == 2 else out
 
 
+CROP_HINT = "_crop_hint"  # sample key of the crop-centre mask (see :func:`crop_hint_mask`)
+
+
+def crop_hint_mask(shape: tuple[int, int], centre: tuple[int, int], radius: int = 2) -> np.ndarray:
+    """A uint8 mask of ``shape`` marking a small disc around ``centre`` (row, col).
+
+    The crop centre travels through the joint transform as a label-like target, so flips, rotations and
+    resizes before ``random_crop`` move it with the pixels; a disc rather than one pixel survives nearest
+    interpolation under rotation.
+    """
+    mask = np.zeros(shape, np.uint8)
+    r, c = int(centre[0]), int(centre[1])
+    mask[max(0, r - radius): r + radius + 1, max(0, c - radius): c + radius + 1] = 1
+    return mask
+
+
+class HintedCrop(CatMaxRatioCrop):
+    """``random_crop``: mmseg's ``cat_max_ratio`` crop whose window is centred on the sample's crop hint when
+    there is one (:class:`~changekit.data.samplers.ChangeBalancedSampler`), jittered by up to a quarter of the
+    crop size so that change is not always in the middle; without a hint (or when it left the frame) the crop
+    is drawn as usual."""
+
+    def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:  # noqa: D102
+        hint = data.get(CROP_HINT)
+        if hint is None:
+            return super().get_params_dependent_on_data(params, data)
+        out = A.RandomCrop.get_params_dependent_on_data(self, params, data)
+        rows, cols = np.nonzero(hint)
+        if out["pad_params"] is not None or not rows.size:
+            return out
+        height, width = hint.shape[:2]
+        jitter_r = self.py_random.uniform(-0.25, 0.25) * self.height
+        jitter_c = self.py_random.uniform(-0.25, 0.25) * self.width
+        top = int(np.clip(round(rows.mean() - self.height / 2 + jitter_r), 0, height - self.height))
+        left = int(np.clip(round(cols.mean() - self.width / 2 + jitter_c), 0, width - self.width))
+        out["crop_coords"] = (left, top, left + self.width, top + self.height)
+        return out
+
+
 class _SwapDates:
     """Swap the two dates: every ``X_a``/``X_b`` key pair (images, semantic maps, tags); the change mask stays."""
 
@@ -153,7 +192,7 @@ _OPS: dict[str, tuple[dict[str, Any], Callable[[str, dict[str, Any]], Any], bool
     "rotate": ({"p": 0.5, "limit": 30, "expand": False, "interpolation": "bilinear", **_FILL}, _rotate, True, False),
     "rot_flip": ({"p": 1.0, "rotate_p": 0.5, "flip_p": 0.5, "degree": 20, "interpolation": "bilinear", **_FILL},
                  _rot_flip, True, False),
-    "random_crop": ({"p": 1.0, "size": None, "cat_max_ratio": 1.0, **_FILL}, _crop(CatMaxRatioCrop), True, False),
+    "random_crop": ({"p": 1.0, "size": None, "cat_max_ratio": 1.0, **_FILL}, _crop(HintedCrop), True, False),
     "center_crop": ({"p": 1.0, "size": None, **_FILL}, _crop(A.CenterCrop), True, False),
     "resize": ({"p": 1.0, "size": None, "interpolation": "bilinear"}, _resize, False, False),
     "photometric": (dict(_PHOTO), _jitter, False, True),

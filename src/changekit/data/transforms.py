@@ -20,7 +20,8 @@ defaults to 0, ``mask_fill`` to 255, ``sem_fill`` to the ``ignore_index`` given 
 * ``rot_flip``: open-cd's ``MultiImgRandomRotFlip`` (ChangerEx): rotate by ``degree`` (number or [lo, hi]) with
   probability ``rotate_p``, else with probability ``flip_p`` a random quarter turn and flip; ``p`` gates the op;
 * ``random_crop``, ``center_crop`` (``size``; pad with the fills when the image is smaller), ``resize``;
-  ``random_crop`` also takes mmseg's ``cat_max_ratio`` (:class:`~changekit.data.mmseg_ops.CatMaxRatioCrop`);
+  ``random_crop`` also takes mmseg's ``cat_max_ratio`` (:class:`~changekit.data.mmseg_ops.CatMaxRatioCrop`), and
+  centres its crop on a changed pixel when the sample carries a crop hint (``data.sampler: change_balanced``);
 * image-only, labels untouched, drawn separately per date when ``per_date`` (default true): ``photometric``
   (brightness, contrast, saturation, hue as in torchvision's ColorJitter), ``color_jitter`` (same, ClearSCD's
   defaults), ``brightness_contrast`` (any band count), ``gaussian_noise`` (``std`` as a fraction of 255),
@@ -56,12 +57,12 @@ import cv2
 import numpy as np
 
 from ..errors import ConfigError, SizeMismatchError, suggest
-from .transform_ops import _OPS, Sample, _SwapDates
+from .transform_ops import _OPS, CROP_HINT, Sample, _SwapDates
 
 log = logging.getLogger(__name__)
 
 _LABEL_KEYS = ("mask", "sem_a", "sem_b")
-_TARGETS = {"image_b": "image", "sem_a": "mask", "sem_b": "mask", "_valid": "mask"}
+_TARGETS = {"image_b": "image", "sem_a": "mask", "sem_b": "mask", "_valid": "mask", CROP_HINT: "mask"}
 
 PRESETS: dict[str, list[dict[str, Any]]] = {
     "none": [],
@@ -96,11 +97,13 @@ class _Group:
 
     def __call__(self, data: Sample, gen: np.random.Generator, py: random.Random) -> None:
         kw = {"image": data["image_a"], "image_b": data["image_b"]}
-        kw.update({k: data[k] for k in _LABEL_KEYS if k in data})
+        kw.update({k: data[k] for k in (*_LABEL_KEYS, CROP_HINT) if k in data})
         if self.fill is not None:
             kw["_valid"] = np.ones(data["image_a"].shape[:2], np.uint8)
         res = self.compose(**kw)  # type: ignore[misc]
         data["image_a"], data["image_b"] = res["image"], res["image_b"]
+        if CROP_HINT in data:  # the crop centre moves with the pixels (random_crop reads it)
+            data[CROP_HINT] = res[CROP_HINT]
         invalid = res["_valid"] == 0 if self.fill is not None else None
         for key in _LABEL_KEYS:
             if key not in data:

@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader, default_collate
 
 from ..data.datasets import ChangeDataset
 from ..data.io import image_size
-from ..data.samplers import ResumableShuffleSampler
+from ..data.samplers import ChangeBalancedSampler, ChangeIndex, ResumableShuffleSampler
 from ..data.tags import maybe_add_tags
 from ..data.transforms import build_transforms
 from ..errors import ConfigError
@@ -84,7 +84,8 @@ class ChangeDataModule(L.LightningDataModule):
         bs = min(int(bs), max(1, len(ds)))
         sampler = None
         if shuffle:
-            sampler = ResumableShuffleSampler(len(ds), self.seed)
+            sampler = (ChangeBalancedSampler(ChangeIndex.of(ds), self.seed, self.cfg["change_share"])
+                       if self.cfg["sampler"] == "change_balanced" else ResumableShuffleSampler(len(ds), self.seed))
             if self._resume is not None:
                 world = self.trainer.world_size if self.trainer is not None else 1
                 sampler.resume_at(self._resume[0], self._resume[1] * bs * world)

@@ -8,6 +8,7 @@ the resolved config (``hyper_parameters["config"]``), so a model is rebuilt by n
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -15,7 +16,8 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
-from ..losses import build_loss
+from ..data.samplers import ChangeIndex
+from ..losses import auto_terms, build_loss, resolve_auto_weights
 from ..metrics import ConfusionMatrix, SCDMetrics, binary_metrics
 from ..models import build_model
 from ..models.outputs import ChangeOutput
@@ -25,6 +27,8 @@ from .schedules import BudgetShaper, SchedulePlan, build_optimizer, build_schedu
 
 if TYPE_CHECKING:
     from ..inference.sliding import TileExtras
+
+log = logging.getLogger(__name__)
 
 
 def model_kwargs(config: dict[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -134,6 +138,20 @@ class ChangeTask(L.LightningModule):
         return ChangeOutput(change, log_probs("sem_a"), log_probs("sem_b"))
 
     # ---------------------------------------------------------------- training
+    def resolve_auto_loss(self, dataset: Any) -> None:
+        """Replace ``auto`` loss weights by numbers from ``dataset``'s change share, in the config itself (so the
+        run's config.yaml and checkpoints hold the numbers) and in the loss."""
+        if not auto_terms(self.config["loss"]):
+            return
+        for line in resolve_auto_weights(self.config["loss"], ChangeIndex.of(dataset).share):
+            log.info("%s", line)
+        self.loss_fn = build_loss(self.config["loss"])
+
+    def setup(self, stage: str) -> None:  # noqa: D102
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if stage == "fit" and datamodule is not None and "train" in getattr(datamodule, "datasets", {}):
+            self.resolve_auto_loss(datamodule.datasets["train"])  # no-op when `train` resolved it already
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:  # noqa: D102
         a, b, extras = self._inputs(batch)
         out = self.model(a, b, **extras)

@@ -128,6 +128,7 @@ def _prepare(cfg: dict[str, Any], resume: bool) -> tuple[ChangeTask, ChangeDataM
     dm = ChangeDataModule(cfg["data"], seed=int(cfg["trainer"]["seed"]),
                           extra_inputs=tuple(getattr(task.model, "extra_inputs", ())))
     dm.setup("fit")  # discovers, pairs and checks every file now, not after the run folder exists
+    task.resolve_auto_loss(dm.datasets["train"])  # loss weights `auto` -> numbers, before config.yaml is written
     return task, dm
 
 
