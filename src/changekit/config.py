@@ -104,7 +104,7 @@ DEFAULTS: dict[str, Any] = {
         "val_every_steps": None,  # iteration-based validation interval
         "monitor": "val/f1",
         "mode": "max",
-        "threshold": 0.5,  # change probability threshold for metrics and masks
+        "threshold": 0.5,  # change probability threshold for metrics and masks; auto: F1-optimal on data.val after training
         "eval_mode": "whole",  # whole | slide: validate/test whole images, or with a sliding window
         "eval_tile": 256,  # slide: window size
         "eval_stride": 128,  # slide: window stride
@@ -125,6 +125,7 @@ DEFAULTS: dict[str, Any] = {
         "limit_train_batches": None,
         "limit_val_batches": None,
         "ema": {"enabled": False, "beta": 0.9999, "update_after_step": 0, "update_every": 1, "warmup_power": None},
+        "average_last": 0,  # > 1: export the mean of the weights at the end of the last K epochs
     },
     "init_from": None,  # checkpoint whose model weights initialise this run (fine-tuning)
 }

@@ -100,6 +100,15 @@ def _limit_batches(key: str, value: Any) -> Any:
     raise config_error(key, f"{show(value)} is not null, a batch count (integer >= 0) or a fraction (0.0..1.0)")
 
 
+def _threshold(key: str, value: Any) -> Any:
+    """``trainer.threshold``: a probability in [0, 1], or ``auto`` (F1-optimal on the validation split)."""
+    if value == "auto":
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise config_error(key, f"{show(value)} is not a number in [0, 1] or auto")
+    return float(value)
+
+
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "64-true", "bf16-true", "16-true", "64", "32", "16", "bf16",
               64, 32, 16)
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu", "hpu")
@@ -167,7 +176,7 @@ SCHEMA: dict[str, Any] = {
         "val_every_steps": Int(1, optional=True),
         "monitor": Text(optional=True),
         "mode": Choice(("max", "min")),
-        "threshold": FRACTION,
+        "threshold": _threshold,
         "eval_mode": Choice(("whole", "slide")),
         "eval_tile": Int(1),
         "eval_stride": Int(1),
@@ -194,6 +203,7 @@ SCHEMA: dict[str, Any] = {
             "update_every": Int(1),
             "warmup_power": Number(low=0, low_open=True, optional=True),
         },
+        "average_last": Int(0),
     },
     "init_from": PATH,
 }

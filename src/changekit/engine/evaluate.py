@@ -21,6 +21,7 @@ from ..errors import ConfigError
 from ..safety import check_output, removes_new_folders
 from .checkpoint import load_checkpoint
 from .datamodule import ChangeDataModule
+from .finish import decision_threshold
 from .task import ChangeTask
 from .validate import validate_run
 
@@ -168,7 +169,7 @@ def test(
         trainer.test(task, datamodule=dm, verbose=False)
     results = dict(task.test_results)
     results["num_pairs"] = len(dm.datasets["test"])
-    results["threshold"] = float(cfg["trainer"]["threshold"])
+    results["threshold"] = decision_threshold(cfg)
     results["checkpoint"] = str(ckpt)
     results["model"] = cfg["model"]["name"]
     if task.owned is not None:

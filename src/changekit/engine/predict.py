@@ -20,6 +20,7 @@ from ..inference.scene import SceneOutputs, predict_scene
 from ..inference.sliding import sliding_window_predict
 from ..safety import check_output, removes_new_folders
 from .checkpoint import load_checkpoint
+from .finish import decision_threshold
 from .options import PredictOptions
 from .outputs import GEO_SUFFIXES, PredictionLayout, mask_suffix
 
@@ -102,7 +103,7 @@ def predict(
     if opt.save_overlay and geo:
         log.warning("--overlay: not drawn for GeoTIFF inputs (%d pair(s), e.g. %s); view the mask over the scene "
                     "in a GIS instead", len(geo), geo[0])
-    thr = float(cfg["trainer"]["threshold"] if opt.threshold is None else opt.threshold)
+    thr = decision_threshold(cfg) if opt.threshold is None else float(opt.threshold)
     palette = semantic_palette(cfg, int(getattr(model, "num_classes", 0))) if semantic else None
     tagger: Any = None
     if opt.tile_tags:

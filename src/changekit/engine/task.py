@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import lightning as L
@@ -22,6 +23,7 @@ from ..metrics import ConfusionMatrix, SCDMetrics, binary_metrics
 from ..models import build_model
 from ..models.outputs import ChangeOutput
 from .ema import EMAWeights
+from .finish import AVERAGE_DIR, decision_threshold, save_snapshot
 from .guards import check_loss, check_weights
 from .schedules import BudgetShaper, SchedulePlan, build_optimizer, build_scheduler
 
@@ -59,7 +61,7 @@ class ChangeTask(L.LightningModule):
             EMAWeights(self.model, ema["beta"], ema["update_after_step"], ema["update_every"], ema["warmup_power"])
             if ema["enabled"] else None
         )
-        self.threshold = float(tcfg["threshold"])
+        self.threshold = decision_threshold(config)  # `auto` is chosen after training (engine.finish)
         self.task_type = getattr(self.model, "task", "binary")
         self._cm: dict[str, ConfusionMatrix] = {}
         self._scd: dict[str, SCDMetrics] = {}
@@ -180,6 +182,12 @@ class ChangeTask(L.LightningModule):
 
     def on_train_epoch_start(self) -> None:  # noqa: D102
         self.model.current_epoch = self.current_epoch  # epoch-dependent terms (ClearSCD's SACL warm-up), 0-based
+
+    def on_train_epoch_end(self) -> None:  # noqa: D102
+        keep = int(self.config["trainer"].get("average_last") or 0)
+        if keep > 1 and self.trainer.is_global_zero:  # trainer.average_last: the last K epochs' weights
+            folder = Path(self.trainer.default_root_dir) / "checkpoints" / AVERAGE_DIR
+            save_snapshot(folder, self.current_epoch, self.model, keep)
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:  # noqa: D102
         if self.ema is not None:

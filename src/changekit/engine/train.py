@@ -29,6 +29,7 @@ from ..safety import check_output
 from .callbacks import AtomicCheckpointIO, InvocationTimer, LastCheckpoint, ResumableCSVLogger
 from .checkpoint import load_weights, read_checkpoint, save_checkpoint
 from .datamodule import ChangeDataModule
+from .finish import finish_export
 from .runfolder import checkpoint_candidates, is_global_zero, resume_checkpoint, run_lock
 from .task import ChangeTask
 from .validate import validate_run
@@ -201,6 +202,8 @@ def _fit(cfg: dict[str, Any], out: Path, task: ChangeTask, dm: ChangeDataModule,
     if trainer.is_global_zero:
         weights, _ = read_checkpoint(best)
         load_weights(task.model, weights, best)
+        cfg, facts = finish_export(cfg, out, task, dm)  # trainer.average_last, trainer.threshold: auto
+        result.update(facts)
         result["checkpoint"] = str(save_checkpoint(out / "model.ckpt", task.model, cfg,
                                                    best_score=result["best_score"], monitor=result["monitor"]))
     log.info("training finished: %s", result)
