@@ -87,10 +87,13 @@ def test(
 
 @app.command()
 def predict(
-    ckpt: Annotated[Path, typer.Option(help="checkpoint")],
-    a: Annotated[Path, typer.Option("--a", help="date-A image or folder")],
-    b: Annotated[Path, typer.Option("--b", help="date-B image or folder")],
+    ckpt: Annotated[Path, typer.Option(help="checkpoint (an ONNX export with --runtime onnx)")],
     out: Out,
+    a: Annotated[Optional[Path], typer.Option("--a", help="date-A image or folder")] = None,
+    b: Annotated[Optional[Path], typer.Option("--b", help="date-B image or folder")] = None,
+    pairs: Annotated[Optional[Path], typer.Option(help="CSV pair list (columns a,b[,out][,name], paths relative "
+                                                       "to it) instead of --a/--b: pairs isolated, resumable")
+                     ] = None,
     tile: Annotated[int, typer.Option(help="tile side in pixels")] = 512,
     overlap: Annotated[int, typer.Option(help="pixels shared by neighbouring tiles, blended away")] = 64,
     batch_size: Annotated[int, typer.Option(help="tiles per forward pass")] = 4,
@@ -105,8 +108,15 @@ def predict(
     overwrite: Overwrite = False,
     tile_tags: TileTags = False, clip_model: ClipModel = "ViT-B-16", clip_weights: ClipWeights = None,
     clip_classes: ClipClasses = None,
+    runtime: Annotated[str, typer.Option(help="torch, or onnx (onnxruntime; --ckpt is a changekit export)")
+                       ] = "torch",
+    summary: Annotated[bool, typer.Option("--summary", help="also write <name>_summary.json per pair (changed "
+                                                            "area, polygons, valid share, model, timings)")] = False,
+    report: Annotated[bool, typer.Option("--report", help="also write a self-contained <name>_report.html per "
+                                                          "pair (implies --summary)")] = False,
 ) -> None:
-    """Write 0/255 change masks (PNG, or GeoTIFF keeping the CRS) named by stem; --out FILE.png for one pair."""
+    """Write 0/255 change masks (PNG, or GeoTIFF keeping the CRS) named by stem; --out FILE.png for one pair;
+    --pairs LIST.csv for many scenes (isolated, resumable, distributed under torchrun)."""
     from .engine.outputs import FILE_SUFFIXES, PredictionLayout
     from .engine.predict import predict as _predict
 
@@ -115,7 +125,21 @@ def predict(
     options = PredictOptions(tile=tile, overlap=overlap, batch_size=batch_size, blend=blend, threshold=threshold,
                              save_prob=prob, save_overlay=overlay, device=device, amp=amp, tile_tags=tile_tags,
                              clip_model=clip_model, clip_weights=clip_weights, clip_classes=clip_classes,
-                             overwrite=overwrite)
+                             overwrite=overwrite, runtime=runtime, summary=summary, report=report)
+    if (pairs is None) == (a is None and b is None) or (pairs is None and (a is None or b is None)):
+        raise typer.BadParameter("give --a and --b, or --pairs", param_hint="--pairs")
+    if pairs is not None or sys.stderr.isatty():  # batch runs: tiles/s, pairs done and an ETA on stderr
+        from .engine.progress import show_progress
+
+        show_progress()
+    if pairs is not None:
+        from .engine.pairs import format_table, predict_pairs
+
+        run = predict_pairs(ckpt, pairs, out, options)
+        if run.table is not None:
+            typer.echo(format_table(run.results))
+            typer.echo(f"table: {run.table}")
+        raise typer.Exit(code=1 if run.failed else 0)
     files = _predict(ckpt, a, b, out, options)
     single = len(files) == 1 and out.suffix.lower() in FILE_SUFFIXES
     typer.echo(f"wrote {len(files)} mask(s) to {files[0] if single else files[0].parent}")

@@ -15,6 +15,7 @@ from typing import Any
 from ..errors import ConfigError, suggest
 
 BLENDS = ("gaussian", "mean")
+RUNTIMES = ("torch", "onnx")
 
 
 @dataclass
@@ -36,6 +37,12 @@ class PredictOptions:
         tile_tags: ChangeCLIP: tag every tile with CLIP instead of reading tag files (the seed's ``mm_slide``).
         clip_model, clip_weights, clip_classes: the CLIP model, its local weights and class-name file for
             ``tile_tags``.
+        runtime: ``torch`` (a changekit checkpoint) or ``onnx`` (a model from ``changekit export --onnx``, run by
+            onnxruntime through the same tiling, blending and writing).
+        summary: also write a JSON summary per pair (``<name>_summary.json``: changed area, polygons, valid
+            share, normalisation, model, timings); always on for pair lists, where it marks a finished pair.
+        report: also write a self-contained HTML scene report per pair (``<name>_report.html``; implies
+            ``summary``).
     """
 
     tile: int = 512
@@ -52,6 +59,9 @@ class PredictOptions:
     clip_model: str = "ViT-B-16"
     clip_weights: str | Path | None = None
     clip_classes: str | Path | None = None
+    runtime: str = "torch"
+    summary: bool = False
+    report: bool = False
 
     @classmethod
     def build(cls, options: PredictOptions | None = None, **overrides: Any) -> PredictOptions:
@@ -76,6 +86,13 @@ class PredictOptions:
                               f"{suggest(str(self.blend), BLENDS)}")
         if self.threshold is not None and not 0.0 <= float(self.threshold) <= 1.0:
             raise ConfigError(f"--threshold: must be within [0, 1], got {self.threshold:g}")
+        if self.runtime not in RUNTIMES:
+            raise ConfigError(f"--runtime: must be one of {', '.join(RUNTIMES)}, got {self.runtime!r}"
+                              f"{suggest(str(self.runtime), RUNTIMES)}")
+        if self.runtime == "onnx" and (self.amp or self.tile_tags):
+            flag = "--amp" if self.amp else "--tile-tags"
+            raise ConfigError(f"{flag}: not available with --runtime onnx (the exported graph runs in float32 "
+                              "on the tiles alone); drop it or use --runtime torch")
         return self
 
     def window(self) -> dict[str, Any]:

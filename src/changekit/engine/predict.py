@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 from pathlib import Path
 from typing import Any
@@ -87,14 +88,10 @@ def predict(
     """
     opt = PredictOptions.build(options, **overrides)
     pairs = pair_inputs(a, b)
-    dev = torch.device(opt.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model, cfg = load_checkpoint(ckpt, map_location=dev)
-    bands = checkpoint_bands(model, cfg)
+    session = PredictSession(ckpt, opt)
     for _, fa, fb in pairs:  # header reads: another band count than the model's is one line, not a traceback
-        for path in (fa, fb):
-            check_bands(path, image_size(path)[2], bands, ckpt)
-    semantic = getattr(model, "task", "binary") == "semantic"
-    layout = PredictionLayout.plan(out, len(pairs), semantic, opt.save_prob, opt.save_overlay)
+        session.check_bands(fa, fb)
+    layout = PredictionLayout.plan(out, len(pairs), session.semantic, opt.save_prob, opt.save_overlay)
     geo = [stem for stem, fa, _ in pairs if fa.suffix.lower() in GEO_SUFFIXES]
     roots = layout.roots(with_overlay=len(geo) < len(pairs))
     for path in roots.values():
@@ -103,25 +100,113 @@ def predict(
     if opt.save_overlay and geo:
         log.warning("--overlay: not drawn for GeoTIFF inputs (%d pair(s), e.g. %s); view the mask over the scene "
                     "in a GIS instead", len(geo), geo[0])
-    thr = decision_threshold(cfg) if opt.threshold is None else float(opt.threshold)
-    palette = semantic_palette(cfg, int(getattr(model, "num_classes", 0))) if semantic else None
-    tagger: Any = None
-    if opt.tile_tags:
-        from ..clip_tags import TileTagger
+    from .pair_job import run_pair
+    from .progress import Progress
+    from .summary import product_files, product_roots, write_summary
 
-        tagger = TileTagger.for_run(cfg, model, ckpt, opt.clip_model, opt.clip_weights, opt.clip_classes, dev)
-    run = _PairRunner(model, cfg, dev, thr, palette, opt, tagger)
+    extra_roots = product_roots(layout, opt)  # --summary / --report beside a one-file --out
+    for path in extra_roots.values():
+        check_output(path, inputs=[a, b, ckpt], overwrite=opt.overwrite, kind="file")
+    progress = Progress(len(pairs), sum(session.tiles(fa) for _, fa, _ in pairs))
     written: list[Path] = []
-    with removes_new_folders(*roots.values()), contextlib.ExitStack() as stack:
+    with removes_new_folders(*roots.values(), *extra_roots.values()), contextlib.ExitStack() as stack:
         writer = atomic_path if layout.single_file else atomic_dir
         tmp_roots = {k: stack.enter_context(writer(p)) for k, p in roots.items()}
+        tmp_roots.update({k: stack.enter_context(atomic_path(p)) for k, p in extra_roots.items()})
         for stem, fa, fb in pairs:
             suffix = layout.out.suffix if layout.single_file else mask_suffix(fa)
-            run(stem, fa, fb, layout.files(stem, suffix, tmp_roots))
+            products = product_files(layout, stem, tmp_roots, opt)
+            summary = run_pair(session, stem, fa, fb, layout.files(stem, suffix, tmp_roots), products,
+                               layout.files(stem, suffix, roots), progress)
+            if summary is not None:
+                write_summary(products["summary"], summary)
             written.append(layout.files(stem, suffix, roots)["mask"])
+            progress.pair_done()
             log.info("predicted %s", stem)
     log.info("wrote %s", layout.describe(roots))
     return written
+
+
+class PredictSession:
+    """A loaded model and everything one pair's prediction needs; ``predict`` and pair lists share it.
+
+    Args:
+        ckpt: a changekit checkpoint, or an ONNX model from ``changekit export`` when ``options.runtime`` is
+            ``onnx``.
+        options: the run's options (validated).
+
+    Attributes:
+        model, cfg: the model (in eval mode, on ``device``) and its run's resolved config.
+        semantic: the model writes class maps of both dates too.
+        threshold: the change probability above which a pixel is change.
+        run: predicts one pair and writes its files (:class:`_PairRunner`).
+    """
+
+    def __init__(self, ckpt: str | Path, options: PredictOptions) -> None:
+        self.ckpt, self.options = Path(ckpt), options
+        self.device = torch.device(options.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if options.runtime == "onnx":
+            from ..export.ort_model import load_onnx
+
+            self.model, self.cfg = load_onnx(ckpt, self.device)
+        else:
+            self.model, self.cfg = load_checkpoint(ckpt, map_location=self.device)
+        self.bands = checkpoint_bands(self.model, self.cfg)
+        self.semantic = getattr(self.model, "task", "binary") == "semantic"
+        cfg, opt = self.cfg, options
+        self.threshold = decision_threshold(cfg) if opt.threshold is None else float(opt.threshold)
+        palette = semantic_palette(cfg, int(getattr(self.model, "num_classes", 0))) if self.semantic else None
+        tagger: Any = None
+        if opt.tile_tags:
+            from ..clip_tags import TileTagger
+
+            tagger = TileTagger.for_run(cfg, self.model, ckpt, opt.clip_model, opt.clip_weights, opt.clip_classes,
+                                        self.device)
+        self.run = _PairRunner(self.model, cfg, self.device, self.threshold, palette, opt, tagger)
+        self._grid: Any = None
+
+    def check_bands(self, fa: Path, fb: Path) -> None:
+        """Header reads of both dates: another band count than the model's is one line, not a traceback."""
+        for path in (fa, fb):
+            check_bands(path, image_size(path)[2], self.bands, self.ckpt)
+
+    def normalisation(self) -> Normalisation:
+        """What turns this model's raw input pixels into network input (recorded in pair summaries)."""
+        return Normalisation.from_config(self.cfg)
+
+    def tiles(self, path: Path) -> int:
+        """Tiles this run cuts an image of ``path``'s size into (0 when its header cannot be read)."""
+        from ..errors import ChangekitError
+        from ..inference.sliding import TilePredictor, stride_from
+
+        try:
+            h, w, _ = image_size(path)
+        except ChangekitError:
+            return 0
+        if self._grid is None:
+            opt = self.options
+            self._grid = TilePredictor(self.model, opt.tile, stride_from(opt.tile, opt.overlap, None))
+        grid = self._grid.grid(h, w)
+        return len(grid.ys) * len(grid.xs)
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """The checkpoint's bytes and the pixel-changing options, hashed (marks pairs this run finished)."""
+        from .summary import fingerprint
+
+        return fingerprint(self.ckpt_sha256, self.options, self.threshold)
+
+    @functools.cached_property
+    def ckpt_sha256(self) -> str:
+        from .summary import file_sha256
+
+        return file_sha256(self.ckpt)
+
+    def model_record(self) -> dict[str, Any]:
+        """The model of this run as a pair summary records it."""
+        return {"name": self.cfg["model"]["name"], "checkpoint": str(self.ckpt), "sha256": self.ckpt_sha256,
+                "runtime": self.options.runtime, "task": "semantic" if self.semantic else "binary",
+                "in_channels": getattr(self.model, "in_channels", None)}
 
 
 class _PairRunner:

@@ -1,0 +1,83 @@
+"""One pair's prediction with its products: the change map, then its regions, summary and report.
+
+Both ``predict`` (two files or folders) and pair lists call :func:`run_pair` for every pair, with the pair's
+files under temporary names; the caller renames them into place and writes the returned summary last.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .progress import Progress
+from .regions import mask_regions
+from .summary import pair_summary
+
+if TYPE_CHECKING:
+    from .predict import PredictSession
+
+log = logging.getLogger(__name__)
+
+
+def run_pair(
+    session: PredictSession,
+    name: str,
+    a: Path,
+    b: Path,
+    files: Mapping[str, Path],
+    products: Mapping[str, Path],
+    final: Mapping[str, Path],
+    progress: Progress,
+) -> dict[str, Any] | None:
+    """Predict pair ``name`` into ``files``; with ``products`` also measure it and write its report.
+
+    Args:
+        session: the loaded model and options.
+        a, b: the two dates.
+        files: output key -> (temporary) file the runner writes.
+        products: ``summary`` / ``report`` -> (temporary) file; empty: only the change map.
+        final: output key -> the file's final name (what the summary records).
+        progress: counts the tiles.
+
+    Returns:
+        The pair's summary (the caller writes it once the outputs are in place), or ``None`` without products.
+    """
+    start = time.perf_counter()
+    files = dict(files)
+    scratch: Path | None = None
+    try:
+        if "report" in products and "prob" not in files:  # the report's histogram needs the probabilities
+            scratch = Path(tempfile.mkdtemp(prefix=f".{name}_scratch.ck{os.getpid()}-",
+                                            dir=Path(products["report"]).parent))
+            files["prob"] = scratch / f"prob{Path(files['mask']).suffix}"
+        tiles0 = progress.tiles
+        with progress.counting(session.model):
+            session.run(name, a, b, files)
+        timings = {"predict": time.perf_counter() - start}
+        if not products:
+            return None
+        t = time.perf_counter()
+        regions = mask_regions(files["mask"], files.get("prob"))
+        timings["regions"] = time.perf_counter() - t
+        summary = pair_summary(
+            name, a, b, final, regions, model=session.model_record(), normalisation=session.normalisation(),
+            options=session.options, threshold=session.threshold, timings=timings, tiles=progress.tiles - tiles0,
+            fingerprint_=session.fingerprint,
+        )
+        if "report" in products:
+            from ..report.scene import write_scene_report
+
+            t = time.perf_counter()
+            write_scene_report(products["report"], summary, regions, a, b, files["mask"])
+            summary["timings_s"]["report"] = round(time.perf_counter() - t, 3)
+        summary["timings_s"]["total"] = round(time.perf_counter() - start, 3)
+        return summary
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
