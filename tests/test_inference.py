@@ -1,14 +1,12 @@
-"""Sliding-window inference, strip-wise scene prediction on GeoTIFF/PNG pairs, and polygon export."""
+"""Sliding-window inference and strip-wise scene prediction on GeoTIFF/PNG pairs."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import numpy as np
 import pytest
 import rasterio
-import shapely.geometry
 import torch
 from affine import Affine
 from rasterio.crs import CRS
@@ -18,7 +16,7 @@ from changekit.data.io import GeoInfo, read_image, read_palette_indices, write_g
 from changekit.data.normalize import IMAGENET_MEAN, IMAGENET_STD
 from changekit.engine.options import PredictOptions
 from changekit.errors import ConfigError, SizeMismatchError
-from changekit.inference.scene import SceneOutputs, polygonize, predict_scene
+from changekit.inference.scene import SceneOutputs, predict_scene
 from changekit.inference.sliding import (
     TilePredictor,
     blend_window,
@@ -289,14 +287,14 @@ def test_crs_mismatch_names_both_files_and_crss(tmp_path: Any) -> None:
     with pytest.raises(SizeMismatchError) as err:
         predict_scene(Pointwise(), pa, pb, tmp_path / "m.tif", P32)
     msg = str(err.value)
-    for part in (str(pa), str(pb), "EPSG:32633", "EPSG:4326", "reproject B onto A's grid first"):
+    for part in (str(pa), str(pb), "EPSG:32633", "EPSG:4326", "put B on A's grid with --align"):
         assert part in msg
     assert not (tmp_path / "m.tif").exists()
 
 
 def test_size_and_transform_mismatch(tmp_path: Any) -> None:
     pa, pb, _, _ = _write_pair(tmp_path, h=40, w=40, hw_b=(40, 41))
-    with pytest.raises(SizeMismatchError, match="40 x 41 pixels \(H x W\).*reproject B onto A's grid first"):
+    with pytest.raises(SizeMismatchError, match="40 x 41 pixels \(H x W\).*--align"):
         predict_scene(Pointwise(), pa, pb, tmp_path / "m.tif", P32)
     shifted = GeoInfo(crs=GEO.crs, transform=Affine(10.0, 0.0, 500005.0, 0.0, -10.0, 5000000.0))
     pa, pb, _, _ = _write_pair(tmp_path, h=40, w=40, geo_b=shifted)
@@ -336,37 +334,3 @@ def test_band_count_must_match_model(tmp_path: Any) -> None:
     pa, pb, _, _ = _write_pair(tmp_path, h=40, w=40)
     with pytest.raises(ConfigError, match="expects 4 input channels"):
         predict_scene(Pointwise(in_channels=4), pa, pb, tmp_path / "m.tif", P32)
-
-
-# ---------------------------------------------------------------------------------------------- polygons
-
-
-def test_polygonize_two_squares_in_crs(tmp_path: Any) -> None:
-    mask = np.zeros((100, 80), np.uint8)
-    mask[10:20, 10:20] = 255  # 10x10 px = 100 px = 10,000 m^2 at 10 m
-    mask[50:70, 40:60] = 255  # 20x20 px = 40,000 m^2
-    write_geotiff(tmp_path / "mask.tif", mask, GEO)
-    out = polygonize(tmp_path / "mask.tif", tmp_path / "vec" / "changes.geojson")
-    data = json.loads(out.read_text())
-    assert data["type"] == "FeatureCollection" and len(data["features"]) == 2
-    assert "32633" in data["crs"]["properties"]["name"]
-    geoms = [shapely.geometry.shape(f["geometry"]) for f in data["features"]]
-    assert all(g.is_valid for g in geoms)
-    assert sorted(g.area for g in geoms) == pytest.approx([10_000.0, 40_000.0])
-    small = min(geoms, key=lambda g: g.area)
-    assert small.bounds == pytest.approx((500100.0, 4999800.0, 500200.0, 4999900.0))
-    filtered = json.loads(polygonize(tmp_path / "mask.tif", tmp_path / "big.geojson", min_area=20_000).read_text())
-    assert [f["properties"]["area"] for f in filtered["features"]] == pytest.approx([40_000.0])
-
-
-def test_polygonize_png_uses_pixel_coordinates(tmp_path: Any) -> None:
-    mask = np.zeros((30, 30), np.uint8)
-    mask[2:5, 3:9] = 255
-    mask[20:30, 20:30] = 1
-    write_png(tmp_path / "mask.png", mask)
-    data = json.loads(polygonize(tmp_path / "mask.png", tmp_path / "c.geojson").read_text())
-    assert "crs" not in data
-    geoms = sorted((shapely.geometry.shape(f["geometry"]) for f in data["features"]), key=lambda g: g.area)
-    assert [g.area for g in geoms] == [18.0, 100.0]
-    assert geoms[0].bounds == (3.0, 2.0, 9.0, 5.0)
-

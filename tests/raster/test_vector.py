@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import rasterio
 import shapely
+import shapely.geometry
 from scipy import ndimage
 
 from changekit.errors import ConfigError, SizeMismatchError
@@ -125,3 +126,17 @@ def test_refusals(tmp_path: Path) -> None:
     with pytest.raises(SizeMismatchError, match="one grid"):
         vectorize(path, tmp_path / "c.gpkg", prob=other)
     assert not list(tmp_path.glob("c.*"))
+
+
+def test_png_mask_uses_pixel_coordinates_and_0_1_masks(tmp_path: Path) -> None:
+    from changekit.data.io import write_png
+
+    mask = np.zeros((30, 30), np.uint8)
+    mask[2:5, 3:9] = 255
+    mask[20:30, 20:30] = 1
+    write_png(tmp_path / "mask.png", mask)
+    gj = json.loads(vectorize(tmp_path / "mask.png", tmp_path / "c.geojson").read_text())
+    geoms = [shapely.geometry.shape(f["geometry"]) for f in gj["features"]]
+    assert [g.area for g in geoms] == [18.0, 100.0] and geoms[0].bounds == (3.0, 2.0, 9.0, 5.0)
+    assert [f["properties"]["area_m2"] for f in gj["features"]] == [None, None]  # no CRS: pixels only
+    assert [f["properties"]["pixels"] for f in gj["features"]] == [18, 100]

@@ -43,6 +43,16 @@ class PredictOptions:
             share, normalisation, model, timings); always on for pair lists, where it marks a finished pair.
         report: also write a self-contained HTML scene report per pair (``<name>_report.html``; implies
             ``summary``).
+        align: warp date B onto date A's grid as it is read (CRS, resolution, extent; outside B's footprint is
+            nodata); without it, dates on different grids are refused naming what differs.
+        resampling: how B is resampled by ``align`` (``nearest``, ``bilinear``, ``cubic``... see
+            :data:`changekit.raster.reader.RESAMPLINGS`).
+        compress: compression of the Cloud Optimized GeoTIFF outputs (``deflate``, ``zstd`` or ``lzw``).
+        vector: also write the change polygons of each pair (``.gpkg``, ``.geojson`` or ``.parquet``; one pair:
+            exactly this file; several: ``<name>_change<suffix>`` beside the masks) with areas, probabilities and
+            from-to classes (:func:`changekit.raster.vector.vectorize`).
+        min_area: polygons smaller than this (map units squared, e.g. m²) are left out of ``vector``.
+        simplify: simplification tolerance of ``vector`` polygons in map units (0: exact pixel edges).
     """
 
     tile: int = 512
@@ -62,6 +72,12 @@ class PredictOptions:
     runtime: str = "torch"
     summary: bool = False
     report: bool = False
+    align: bool = False
+    resampling: str = "bilinear"
+    compress: str = "deflate"
+    vector: str | Path | None = None
+    min_area: float = 0.0
+    simplify: float = 0.0
 
     @classmethod
     def build(cls, options: PredictOptions | None = None, **overrides: Any) -> PredictOptions:
@@ -93,7 +109,25 @@ class PredictOptions:
             flag = "--amp" if self.amp else "--tile-tags"
             raise ConfigError(f"{flag}: not available with --runtime onnx (the exported graph runs in float32 "
                               "on the tiles alone); drop it or use --runtime torch")
+        self._validate_raster()
         return self
+
+    def _validate_raster(self) -> None:
+        """The raster-layer options: resampling, compression, vector format, min_area and simplify."""
+        from ..raster.reader import RESAMPLINGS
+        from ..raster.vector import FORMATS
+        from ..raster.writer import COMPRESSIONS
+
+        for flag, value, allowed in (("--resampling", self.resampling, RESAMPLINGS),
+                                     ("--compress", self.compress, COMPRESSIONS)):
+            if value not in allowed:
+                raise ConfigError(f"{flag}: must be one of {', '.join(allowed)}, got {value!r}"
+                                  f"{suggest(str(value), allowed)}")
+        if self.vector is not None and Path(self.vector).suffix.lower() not in FORMATS:
+            raise ConfigError(f"--vector: {self.vector} must end in {', '.join(FORMATS)}")
+        for flag, value in (("--min-area", self.min_area), ("--simplify", self.simplify)):
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < float("inf"):
+                raise ConfigError(f"{flag}: must be a number >= 0 (map units), got {value!r}")
 
     def window(self) -> dict[str, Any]:
         """The sliding-window keywords (``tile``, ``overlap``, ``batch_size``, ``blend``, ``amp``)."""

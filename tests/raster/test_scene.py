@@ -1,0 +1,128 @@
+"""Scene prediction through the raster layer: nodata in either date, --align, band selection, COG outputs and
+interrupted runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+
+from changekit.engine.options import PredictOptions
+from changekit.errors import SizeMismatchError
+from changekit.inference.scene import SceneOutputs, predict_scene
+from changekit.models.base import ChangeModel
+from changekit.models.outputs import ChangeOutput
+from changekit.raster.writer import CLASS_NODATA, MASK_NODATA
+
+from .geotiffs import smooth, write_tif
+from .test_reader import _reprojected
+
+P = PredictOptions(tile=32, overlap=8)
+
+
+class Diff(ChangeModel):
+    """Change logit = 8 * mean over bands of (b - a) - 1: change where B is clearly brighter; classes = bands."""
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 0) -> None:
+        super().__init__()
+        self.in_channels, self.num_classes = in_channels, num_classes
+        self.task = "semantic" if num_classes else "binary"  # type: ignore[misc]
+        self.scale = torch.nn.Parameter(torch.tensor(8.0))
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor, **extras: Any) -> ChangeOutput:
+        logit = self.scale * (b - a).mean(1, keepdim=True) - 1
+        if not self.num_classes:
+            return ChangeOutput(logit)
+        return ChangeOutput(logit, a[:, : self.num_classes], b[:, : self.num_classes])
+
+
+def _pair(tmp_path: Path, h: int = 70, w: int = 90, **b_kwargs: Any) -> tuple[Path, Path, np.ndarray, np.ndarray]:
+    a = smooth(h, w) + 1
+    b = a.copy()
+    b[:, 20:40, 30:60] = np.minimum(a[:, 20:40, 30:60].astype(np.int64) + 20_000, 65_000)  # a brighter block
+    return write_tif(tmp_path / "a.tif", a), write_tif(tmp_path / "b.tif", b, **b_kwargs), a, b
+
+
+def test_nodata_in_either_date_is_no_change_and_written_as_nodata(tmp_path: Path) -> None:
+    a = smooth(70, 90) + 1
+    b = a.copy()
+    b[:, 20:40, 30:60] += 20_000
+    a[:, 0:10, :] = 0  # A: nodata border (nodata value 0)
+    bf = b.astype(np.float32) / 65535  # B as float reflectance (the same values once normalised)
+    bf[:, 25:30, 35:45] = np.nan  # B: a hole inside the changed block (NaN)
+    pa = write_tif(tmp_path / "a.tif", a, nodata=0)
+    pb = write_tif(tmp_path / "b.tif", bf)
+    out = SceneOutputs(tmp_path / "m.tif", tmp_path / "p.tif", tmp_path / "sa.tif")
+    predict_scene(Diff(num_classes=3), pa, pb, out, P, palette=np.eye(3, dtype=np.uint8) * 200)
+    with rasterio.open(out.mask) as ds:
+        mask, nodata = ds.read(1), ds.nodata
+    with rasterio.open(out.prob) as ds:
+        prob = ds.read(1)
+    with rasterio.open(out.sem_a) as ds:
+        sem, sem_nodata = ds.read(1), ds.nodata
+    invalid = np.zeros(mask.shape, bool)
+    invalid[0:10] = True
+    invalid[25:30, 35:45] = True
+    assert nodata == MASK_NODATA and sem_nodata == CLASS_NODATA
+    np.testing.assert_array_equal(mask == MASK_NODATA, invalid)
+    np.testing.assert_array_equal(np.isnan(prob), invalid)
+    np.testing.assert_array_equal(sem == CLASS_NODATA, invalid)
+    assert (mask[20:40, 30:60][~invalid[20:40, 30:60]] == 255).all()  # the change around the hole is found
+    assert (mask[45:, :] == 0).all() and (mask[10:20] == 0).all()
+
+
+def test_align_predicts_on_a_grid_mismatch_and_marks_outside_as_nodata(tmp_path: Path) -> None:
+    a = smooth(60, 80, bands=3, scale=1.0, dtype=np.float32)  # reflectance in 0..1
+    pa = write_tif(tmp_path / "a.tif", a)
+    pb = _reprojected(pa, tmp_path / "b.tif", "EPSG:3035", 15.0, cols=50)  # same scene, other CRS and resolution
+    with pytest.raises(SizeMismatchError, match="--align"):
+        predict_scene(Diff(), pa, pb, SceneOutputs(tmp_path / "m.tif"), P)
+    out = SceneOutputs(tmp_path / "m.tif", tmp_path / "p.tif")
+    predict_scene(Diff(), pa, pb, out, PredictOptions(tile=32, overlap=8, align=True, resampling="bilinear"))
+    with rasterio.open(out.mask) as ds:
+        mask = ds.read(1)
+        assert ds.crs.to_epsg() == 32633 and (ds.height, ds.width) == (60, 80)
+    assert (mask[:, 53:] == MASK_NODATA).all()  # outside B's footprint
+    inner = mask[5:-5, 5:45]
+    assert (inner == 0).all()  # same surface on both dates: no change once aligned
+
+
+def test_band_selection_equals_a_file_of_those_bands(tmp_path: Path) -> None:
+    a4, b4 = smooth(40, 50, bands=4) + 1, smooth(40, 50, bands=4) + 1
+    b4[1, 10:20, 10:30] += 30_000
+    pa4, pb4 = write_tif(tmp_path / "a4.tif", a4), write_tif(tmp_path / "b4.tif", b4)
+    pa3, pb3 = write_tif(tmp_path / "a3.tif", a4[[3, 1, 0]]), write_tif(tmp_path / "b3.tif", b4[[3, 1, 0]])
+    predict_scene(Diff(), pa4, pb4, SceneOutputs(tmp_path / "m4.tif", tmp_path / "p4.tif"), P, bands=[4, 2, 1])
+    predict_scene(Diff(), pa3, pb3, SceneOutputs(tmp_path / "m3.tif", tmp_path / "p3.tif"), P)
+    with rasterio.open(tmp_path / "p4.tif") as d4, rasterio.open(tmp_path / "p3.tif") as d3:
+        np.testing.assert_array_equal(d4.read(), d3.read())
+    with rasterio.open(tmp_path / "m4.tif") as ds:
+        assert (ds.read(1)[10:20, 10:30] == 255).all()
+
+
+def test_outputs_are_cogs_and_an_interrupted_run_leaves_no_file(tmp_path: Path) -> None:
+    pa, pb, _, _ = _pair(tmp_path, h=600, w=700)
+    out = SceneOutputs(tmp_path / "out" / "m.tif", tmp_path / "out" / "p.tif")
+    predict_scene(Diff(), pa, pb, out, PredictOptions(tile=256, overlap=32, compress="zstd"))
+    for path in (out.mask, out.prob):
+        with rasterio.open(path) as ds:
+            assert ds.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG" and ds.overviews(1)
+            assert ds.block_shapes[0] == (512, 512) and ds.compression.name.lower() == "zstd"
+
+    class Boom(Diff):
+        calls = 0
+
+        def forward(self, a: torch.Tensor, b: torch.Tensor, **extras: Any) -> ChangeOutput:
+            Boom.calls += 1
+            if Boom.calls > 3:
+                raise KeyboardInterrupt
+            return super().forward(a, b)
+
+    again = SceneOutputs(tmp_path / "new" / "m.tif", tmp_path / "new" / "p.tif")
+    with pytest.raises(KeyboardInterrupt):
+        predict_scene(Boom(), pa, pb, again, PredictOptions(tile=64, overlap=8, batch_size=1))
+    assert list((tmp_path / "new").iterdir()) == []
