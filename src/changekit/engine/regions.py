@@ -7,14 +7,13 @@ labels each strip's 4-connected change regions (the connectivity :mod:`changekit
 with, so region ``i`` is polygon ``i``), and joins the labels of regions that continue across a strip edge with
 a union-find. Memory: one strip of pixels plus a few numbers per region.
 
-Pixel areas come from the grid: ``|det(transform)|`` times the CRS unit in metres squared for projected CRSs; for
-geographic CRSs (degrees) each row's pixel area on the authalic sphere, so a scene in EPSG:4326 still gets
-areas in m² (within ~0.3 % of the ellipsoid). Without a CRS areas are ``None``: pixel counts only.
+Pixel areas are :func:`changekit.raster.vector.pixel_areas_m2`'s (the vector export's), so a scene in EPSG:4326
+still gets areas in m² and the summary's changed area equals the polygons' total. Without a CRS areas are
+``None``: pixel counts only.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,8 +22,6 @@ import numpy as np
 
 #: Mask value of a changed pixel (the writer's 0 / 255 / nodata convention).
 CHANGE = 255
-#: Radius of the sphere with the WGS84 ellipsoid's area, metres.
-AUTHALIC_RADIUS_M = 6371007.2
 #: Pixels read per strip (rows are chosen so that a strip holds about this many).
 STRIP_PIXELS = 1 << 22
 _FOUR = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], bool)
@@ -109,22 +106,6 @@ class _UnionFind:
             p = q
 
 
-def _row_areas(transform: Any, crs: Any, rows: np.ndarray, width: int) -> np.ndarray | None:
-    """``(len(rows),)`` pixel area in m² of each row (``None`` when the grid has no CRS)."""
-    if crs is None or transform is None:
-        return None
-    det = abs(transform.a * transform.e - transform.b * transform.d)
-    if not crs.is_geographic:
-        try:
-            factor = float(crs.linear_units_factor[1])
-        except Exception:  # noqa: BLE001  (a projected CRS whose unit GDAL cannot name: take metres)
-            factor = 1.0
-        return np.full(len(rows), det * factor * factor)
-    centre_col = width / 2
-    lat = np.radians(transform.d * centre_col + transform.e * (rows + 0.5) + transform.f)
-    return (AUTHALIC_RADIUS_M ** 2) * math.radians(1) ** 2 * det * np.cos(lat)
-
-
 def mask_regions(mask: str | Path, prob: str | Path | None = None) -> Regions:
     """Label and measure the change regions of a 0 / 255 / nodata mask (see the module docstring).
 
@@ -135,6 +116,7 @@ def mask_regions(mask: str | Path, prob: str | Path | None = None) -> Regions:
     from scipy import ndimage
 
     from ..raster.reader import RasterReader
+    from ..raster.vector import pixel_areas_m2
 
     readers = [RasterReader(mask)]
     if prob is not None:
@@ -156,7 +138,7 @@ def mask_regions(mask: str | Path, prob: str | Path | None = None) -> Regions:
             changed = valid & (data[0] == CHANGE)
             valid_n += int(valid.sum())
             changed_n += int(changed.sum())
-            areas = _row_areas(src.transform, src.crs, np.arange(r0, r0 + window[2]), w)
+            areas = pixel_areas_m2(src.transform, src.crs, np.arange(r0, r0 + window[2]))
             if areas is not None:
                 valid_m2 += float(valid.sum(1) @ areas)
                 changed_m2 += float(changed.sum(1) @ areas)
