@@ -95,6 +95,7 @@ DEFAULTS: dict[str, Any] = {
         # as fractions of the run actually made. null: trainer.max_epochs / max_steps
         "plan_epochs": None,
         "plan_steps": None,
+        "budget_shaped": True,  # false: keep the absolute schedule even when the run is cut shorter
     },
     "trainer": {
         "max_epochs": 10,

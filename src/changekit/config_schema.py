@@ -167,6 +167,7 @@ SCHEMA: dict[str, Any] = {
         "warmup_factor": FRACTION,
         "plan_epochs": Int(1, optional=True),
         "plan_steps": Int(1, optional=True),
+        "budget_shaped": Bool(),
     },
     "trainer": {
         "max_epochs": Int(1, special=(-1,)),

@@ -282,7 +282,7 @@ class ChangeTask(L.LightningModule):
         plan = SchedulePlan.from_config(scfg, steps_per_epoch, total)
         budget_s = float(minutes) * 60 if minutes else None
         horizon = None
-        if plan.shapes(total, budget_s):  # shorter than the recipe, or bounded by time: warm up, peak and decay
+        if scfg.get("budget_shaped", True) and plan.shapes(total, budget_s):  # shorter than the recipe, or bounded by time: warm up, peak and decay
             self.shaper = BudgetShaper(plan, total, budget_s, self._shaper_state)
             horizon = self.shaper.horizon
         sched = build_scheduler(optimizer, scfg, steps_per_epoch, total, horizon=horizon)
