@@ -69,6 +69,15 @@ DEFAULTS: dict[str, Any] = {
         "change_share": 0.5,  # change_balanced: fraction of samples centred on change
         # ChangeCLIP's per-date CLIP tags (`changekit clip-tag` JSON files); enabled: auto | true | false
         "tags": {"enabled": "auto", "suffix": "clipcls_56_vit16", "top_k": 9, "allow_missing": False},
+        # radiometry (docs/data.md "Bands and normalisation"): bands read (1-based, as GDAL; null: all), how raw
+        # pixels become the network's input (auto | dtype | meanstd | scale:<N> | percentile:<lo>,<hi>), a
+        # `changekit data stats` file, date B's radiometry onto date A's (none | match_meanstd | match_histogram |
+        # standardize), and the resolved normalisation that training writes and every reader applies
+        "bands": None,
+        "normalize": "auto",
+        "stats": None,
+        "radiometric": "none",
+        "resolved_normalize": None,
     },
     "loss": [{"name": "ce"}],
     "optim": {

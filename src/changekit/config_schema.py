@@ -79,6 +79,31 @@ def _label_palette(key: str, value: Any) -> Any:
     return value
 
 
+def _radiometry(parse: str) -> Any:
+    """``data.bands`` / ``data.normalize`` / ``data.radiometric``: parsed by their owner (``data.norm_config``)."""
+
+    def check(key: str, value: Any) -> Any:
+        from .data import norm_config
+
+        if parse == "bands":
+            bands = norm_config.parse_bands(value, key)
+            return None if bands is None else list(bands)
+        if parse == "normalize":
+            return norm_config.parse_normalize(value, key).text()
+        return norm_config.check_radiometric(value, key)
+
+    return check
+
+
+def _resolved_normalize(key: str, value: Any) -> Any:
+    """``data.resolved_normalize``: null, or the mapping training writes (checked by ``data.normalize``)."""
+    if value is not None:
+        from .data.normalize import Normalisation
+
+        Normalisation.from_dict(value, key)  # its errors carry the key
+    return value
+
+
 def _devices(key: str, value: Any) -> Any:
     """``trainer.devices``: ``auto``, a count (``-1`` = all), a list of indices or a string like ``"0,1"``."""
     if value == "auto" or (is_int(value) and (value >= 1 or value == -1)):
@@ -143,6 +168,11 @@ SCHEMA: dict[str, Any] = {
             "top_k": Int(1),
             "allow_missing": Bool(),
         },
+        "bands": _radiometry("bands"),
+        "normalize": _radiometry("normalize"),
+        "stats": PATH,
+        "radiometric": _radiometry("radiometric"),
+        "resolved_normalize": _resolved_normalize,
     },
     "loss": _loss_terms,
     "optim": {

@@ -12,6 +12,11 @@ first training image (from its header) and
 Values the user did set are never replaced: an ``in_channels`` or a ``mean`` / ``std`` that contradicts the data is
 one error line naming the key, the file and both counts. A checkpoint applied to images with another band count
 (``test``, ``predict``) is one line naming the file, the checkpoint and both counts (:func:`check_bands`).
+
+``data.bands`` (1-based, as GDAL) selects bands: the band count is then the number selected. Finally
+:func:`fit_to_data` resolves the pixel normalisation (``data.normalize``, ``data.radiometric``; see
+:mod:`changekit.data.norm_config`) against the training data's dtype and, when needed, its statistics, and stores
+it as ``data.resolved_normalize``: from then on it is part of the model.
 """
 
 from __future__ import annotations
@@ -39,17 +44,42 @@ def default_normalisation(bands: int) -> tuple[list[float], list[float]]:
 
 
 def first_image_bands(data: dict[str, Any], split: str) -> tuple[Path, int] | None:
-    """The first date-A image of ``data[split]`` and its band count (header read only), or ``None`` when the
-    split is not set."""
+    """The first date-A image of ``data[split]`` and its band count (header read only; the number of
+    ``data.bands`` when they are selected), or ``None`` when the split is not set.
+
+    Raises:
+        ConfigError: a band of ``data.bands`` does not exist in that image.
+    """
+    found = _first_image(data, split)
+    if found is None:
+        return None
+    path, count, _ = found
+    return path, count
+
+
+def _first_image(data: dict[str, Any], split: str) -> tuple[Path, int, Any] | None:
+    """``(path, selected band count, dtype)`` of the first date-A image of ``data[split]``."""
     from .discover import discover
-    from .io import image_size
+    from .norm_config import parse_bands
 
     source = data.get(split)
     if source is None:
         return None
     found = discover(source, root=data.get("root"), layout=data.get("layout", "auto"), require_labels=False)
     first = found.records[0].a
-    return first, image_size(first)[2]
+    count, dtype = _header(first, parse_bands(data.get("bands")), "data.bands")
+    return first, count, dtype
+
+
+def _header(path: Path, bands: tuple[int, ...] | None, key: str) -> tuple[int, Any]:
+    """``(selected band count, dtype)`` of an image, the band selection checked against its band count."""
+    from ..raster.reader import RasterReader
+
+    try:
+        with RasterReader(path, bands=bands) as reader:
+            return reader.count, reader.dtype
+    except ConfigError as exc:  # the reader names --bands; the config key is what the user set here
+        raise ConfigError(str(exc).replace("--bands", key, 1)) from None
 
 
 def fit_to_data(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -62,10 +92,10 @@ def fit_to_data(cfg: dict[str, Any]) -> dict[str, Any]:
         ConfigError: ``model.in_channels`` or ``data.mean`` / ``data.std`` were set to another band count than the
             data has (names the key, the first image and both counts).
     """
-    found = first_image_bands(cfg["data"], "train")
+    found = _first_image(cfg["data"], "train")
     if found is None:
         return cfg
-    path, bands = found
+    path, bands, dtype = found
     _fit_in_channels(cfg["model"], path, bands)
     data = cfg["data"]
     if len(data["mean"]) != bands:
@@ -74,9 +104,57 @@ def fit_to_data(cfg: dict[str, Any]) -> dict[str, Any]:
                               f"data.mean and data.std with {bands} values each (or remove both to use the default "
                               "rule)")
         data["mean"], data["std"] = default_normalisation(bands)
-        log.warning("%s has %d band(s): normalising each with mean %.2f, std %.2f after scaling to [0, 1]; set "
-                    "data.mean and data.std for statistics of your own", path, bands, OTHER_MEAN, OTHER_STD)
+        if _fit_normalisation(data, dtype) in ("dtype", "scale", "percentile"):  # modes that use data.mean/std
+            log.warning("%s has %d band(s): normalising each with mean %.2f, std %.2f after scaling to [0, 1]; "
+                        "set data.mean and data.std for statistics of your own", path, bands, OTHER_MEAN, OTHER_STD)
+        return cfg
+    _fit_normalisation(data, dtype)
     return cfg
+
+
+def _fit_normalisation(data: dict[str, Any], dtype: Any) -> str:
+    """Resolve ``data.normalize`` / ``data.radiometric`` into ``data.resolved_normalize`` (kept when a resumed
+    run's request is unchanged, so a resumed run never changes what its network sees); returns its mode."""
+    from .norm_config import parse_bands, parse_normalize, resolve_normalisation
+    from .normalize import Normalisation
+
+    request = parse_normalize(data.get("normalize", "auto"))
+    bands = parse_bands(data.get("bands"))
+    if data.get("resolved_normalize"):
+        old = Normalisation.from_dict(data["resolved_normalize"])
+        if (old.request, old.bands, old.radiometric) == (request.text(), bands, data.get("radiometric", "none")):
+            return old.mode
+        log.warning("data.resolved_normalize was resolved from another data.normalize / data.bands / "
+                    "data.radiometric; resolving it again")
+    stats, source = _training_stats(data, request, bands, dtype)
+    norm = resolve_normalisation(data, dtype, stats, source)
+    data["resolved_normalize"] = norm.to_dict()
+    log.info("normalisation: %s", norm.describe())
+    return norm.mode
+
+
+def _training_stats(data: dict[str, Any], request: Any, bands: tuple[int, ...] | None,
+                    dtype: Any) -> tuple[list[dict[str, Any]] | None, str]:
+    """The statistics rows a normalisation request needs (from ``data.stats`` or the training images), or
+    ``(None, ...)`` when it needs none. 8-bit data with ``auto`` needs none (nothing is read)."""
+    import numpy as np
+
+    from .band_stats import PERCENTILES
+    from .dataset_stats import RESOLVE_MAX_IMAGES, dataset_stats
+    from .norm_config import load_stats
+
+    if data.get("stats"):
+        return load_stats(data["stats"], bands), str(data["stats"])
+    dtype = np.dtype(dtype)
+    auto_stats = request.mode == "auto" and np.issubdtype(dtype, np.integer) and dtype != np.uint8
+    if not (request.needs_stats or auto_stats) or data.get("radiometric") == "standardize":
+        return None, ""
+    stats = dataset_stats(data["train"], root=data.get("root"), layout=data.get("layout", "auto"), bands=bands,
+                          max_images=RESOLVE_MAX_IMAGES)
+    extra = (request.low, request.high) if request.mode == "percentile" else ()
+    percents = tuple(sorted(set(PERCENTILES) | set(extra)))
+    log.info("training statistics from %d images of %s", stats.images, data["train"])
+    return stats.rows(percents), f"the training images of {data['train']}"
 
 
 def _fit_in_channels(model: dict[str, Any], path: Path, bands: int) -> None:
@@ -121,6 +199,25 @@ def check_bands(path: str | Path, found: int, expected: int | None, checkpoint: 
     if expected is not None and int(found) != int(expected):
         raise SizeMismatchError(f"{path}: {found} band(s), but the checkpoint {checkpoint} was trained on "
                                 f"{expected}-band images; use a checkpoint trained on {found}-band data")
+
+
+def check_input_bands(path: str | Path, norm: Any, expected: int | None, checkpoint: str | Path) -> None:
+    """Raise when an input cannot give the model its bands: a band the normalisation selects (``data.bands``,
+    ``--bands``) is missing from the file, or the file has another band count than the model takes.
+
+    Raises:
+        SizeMismatchError: naming the file, the checkpoint and the bands or counts.
+    """
+    from .io import image_size
+
+    count = image_size(path)[2]
+    if norm.bands:
+        if max(norm.bands) > count:
+            raise SizeMismatchError(f"{path}: {count} band(s), but the checkpoint {checkpoint} reads bands "
+                                    f"{list(norm.bands)}; pass --bands with {len(norm.bands)} of this file's bands "
+                                    "in the training order")
+        count = len(norm.bands)
+    check_bands(path, count, expected, checkpoint)
 
 
 def checkpoint_bands(model: Any, cfg: dict[str, Any]) -> int | None:

@@ -6,13 +6,17 @@ An item is ``{"image_a", "image_b": float32 [C, H, W], "mask": int64 [H, W] (0/1
 *before* normalisation, so geometric augmentations stay exact on integers and normalisation happens once, as
 one vectorised op per image.
 
-Non-finite pixels (NaN, +-Inf in float imagery) are nodata: they are set to 0 in both images and the pair's
-labels are set to ignore there (``mask`` 255, ``sem_*`` ``ignore_index``), so they count in neither loss nor metrics.
+Images are read through :class:`~changekit.raster.reader.RasterReader`: the selected bands (``data.bands``) and
+its validity mask. Nodata pixels (the file's nodata value, internal masks, alpha bands, NaN / +-Inf) take the
+image's mean valid value (a neutral input) and the pair's labels are set to ignore there wherever either date has
+no data (``mask`` 255, ``sem_*`` ``ignore_index``), so they count in neither loss nor metrics.
 
-Pixel scaling: values are divided by ``value_scale`` (default: 255 for uint8, the dtype's maximum for other
-integer types, e.g. 65535 for uint16; 1 for floats, which are taken as already in [0, 1]) and then normalised
-with ``(x - mean) / std``. For 12- or 14-bit sensors stored as uint16, pass the sensor's range (e.g. 10000 for
-Sentinel-2 reflectance) and matching mean/std.
+Pixel normalisation is the model's :class:`~changekit.data.normalize.Normalisation` (``normalisation``; resolved
+from ``data.normalize`` when a run starts and stored in its checkpoints), applied after the transform. Its
+radiometric maps (``data.radiometric``) are fitted on the whole decoded pair *before* the transform, so a random
+crop is matched with its image's statistics, not its own. Without a ``normalisation``, ``mean`` / ``std`` /
+``value_scale`` describe one (values divided by ``value_scale``, default the dtype's full scale, and a warning
+for integer data other than 8-bit, which a resolved normalisation never divides by 65,535 silently).
 """
 
 from __future__ import annotations
@@ -38,26 +42,16 @@ from .labels import (
     read_raw_labels,
 )
 from .discover import PairRecord, discover
-from .io import read_image, size_text, zero_nonfinite
+from .io import image_size, size_text
+from .normalize import IMAGENET_MEAN, IMAGENET_STD, Normalisation, dtype_scale  # noqa: F401 (re-exported)
+from .radiometric import BandMap
 from .transform_ops import CROP_HINT, crop_hint_mask
 
 log = logging.getLogger(__name__)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 TASKS = ("binary", "semantic")
 ENCODINGS = ("auto", "0/255", "0/1")
 Transform = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
-
-
-def dtype_scale(dtype: np.dtype) -> float:
-    """Full-scale value of a pixel dtype: 255 for uint8, the integer maximum otherwise, 1.0 for floats."""
-    dtype = np.dtype(dtype)
-    if dtype == np.bool_:
-        return 1.0
-    if np.issubdtype(dtype, np.integer):
-        return float(np.iinfo(dtype).max)
-    return 1.0
 
 
 class ChangeDataset(Dataset):
@@ -86,6 +80,10 @@ class ChangeDataset(Dataset):
         value_scale: divide pixels by this before mean/std (default: by dtype, see module docstring).
         require_labels: False accepts unlabelled pairs (prediction); their items have no ``mask``.
         workers: threads for validation (default: CPU count, at most 8).
+        normalisation: the model's resolved normalisation (bands, scaling, radiometric mode); replaces
+            ``mean`` / ``std`` / ``value_scale``.
+        check_range: warn (once per file) when an image's values lie far outside the normalisation's training
+            statistics (evaluation sets: a checkpoint given data of another sensor or product).
     """
 
     def __init__(
@@ -108,6 +106,8 @@ class ChangeDataset(Dataset):
         require_labels: bool = True,
         workers: int | None = None,
         label_palette: Any = None,
+        normalisation: Normalisation | None = None,
+        check_range: bool = False,
     ) -> None:
         if task not in TASKS:
             raise ConfigError(f"task '{task}' is unknown; use one of {', '.join(TASKS)}")
@@ -122,12 +122,15 @@ class ChangeDataset(Dataset):
             raise ConfigError(f"value_scale must be > 0, got {value_scale}")
         self.task, self.transform, self.cache = task, transform, cache
         self.ignore_index, self.num_classes, self.sem_ignore_value = ignore_index, num_classes, sem_ignore_value
-        self.mean = np.asarray(mean, np.float32)
-        self.std = np.asarray(std, np.float32)
-        self.value_scale = value_scale
+        self.norm = normalisation if normalisation is not None else Normalisation(
+            tuple(mean), tuple(std), scale=value_scale)
+        self.mean = np.asarray(self.norm.mean, np.float32)
+        self.std = np.asarray(self.norm.std, np.float32)
+        self.check_range = check_range
+        self._checked: set[Path] = set()
+        self._maps: dict[int, tuple[BandMap | None, BandMap | None]] = {}
         self.palette = LabelPalette.parse(label_palette)
         self._cache: dict[int, dict[str, np.ndarray]] = {}
-        self._norm: dict[tuple[str, float], tuple[torch.Tensor, torch.Tensor]] = {}
 
         if isinstance(source, str | Path):
             found = discover(source, root=root, layout=layout, require_labels=require_labels)
@@ -151,11 +154,8 @@ class ChangeDataset(Dataset):
                                     palette=self.palette)
             if decide and report.encoding is not None:
                 self.label_encoding = report.encoding
-            if report.channels is not None and report.channels != len(self.mean):
-                raise ConfigError(
-                    f"{self.records[0].a}: {report.channels} band(s), but data.mean and data.std have "
-                    f"{len(self.mean)} values; set both with {report.channels} values (or leave them unset)"
-                )
+            if report.channels is not None:  # the bands a reader gives (image_size), not the header's count
+                self._check_channels(image_size(self.records[0].a)[2])
         self._lut = binary_lut(self.label_encoding) if self.label_encoding != "auto" else None
         log.info("%s: %d pairs (layout %s, task %s, labels %s)", self.source, len(self.records), self.layout,
                  task, self.label_encoding)
@@ -184,6 +184,7 @@ class ChangeDataset(Dataset):
             raise IndexError(f"index {i} out of range for {len(self)} pairs")
         i = i % len(self)
         arrays = self.load_arrays(i)
+        maps = self._pair_maps(i)
         if self.transform is not None:
             arrays = {k: v.copy() for k, v in arrays.items()} if self.cache else dict(arrays)
             if hint is not None:
@@ -196,7 +197,8 @@ class ChangeDataset(Dataset):
         item: dict[str, Any] = {}
         for key, val in arrays.items():
             if key in ("image_a", "image_b"):
-                item[key] = self._normalise(val, self.records[i].a)
+                rec = self.records[i]
+                item[key] = self.norm.hwc(val, rec.a if key == "image_a" else rec.b, maps[key == "image_b"])
             elif key in ("mask", "sem_a", "sem_b"):
                 item[key] = torch.from_numpy(np.asarray(val).astype(np.int64))
             else:
@@ -216,7 +218,7 @@ class ChangeDataset(Dataset):
         if self.cache and i in self._cache:
             return self._cache[i]
         rec = self.records[i]
-        (a, nodata_a), (b, nodata_b) = zero_nonfinite(read_image(rec.a)), zero_nonfinite(read_image(rec.b))
+        (a, nodata_a), (b, nodata_b) = self._read(rec.a), self._read(rec.b)
         out = {"image_a": a, "image_b": b}
         if a.shape[:2] != b.shape[:2]:
             raise SizeMismatchError(f"{rec.a} is {size_text(a.shape, 'A')} but {rec.b} is {size_text(b.shape, 'B')} "
@@ -232,7 +234,10 @@ class ChangeDataset(Dataset):
             for key, value in (("mask", 255), ("sem_a", self.ignore_index), ("sem_b", self.ignore_index)):
                 if key in out:
                     out[key] = np.where(nodata, np.uint8(value), out[key])
-            log.debug("%s: %d nodata (non-finite) pixels ignored", rec.stem, int(nodata.sum()))
+            log.debug("%s: %d nodata pixels ignored", rec.stem, int(nodata.sum()))
+        if self.norm.radiometric != "none":  # fitted on the whole pair, nodata excluded, before any crop
+            valid = None if nodata is None else ~nodata
+            self._maps[i] = self.norm.fit_pair(np.moveaxis(a, -1, 0), np.moveaxis(b, -1, 0), valid, valid)
         if self.cache:
             self._cache[i] = out
         return out
@@ -272,22 +277,39 @@ class ChangeDataset(Dataset):
                                   f"{'0/1' if fixed else self.label_encoding}")
         return mask
 
-    def _normalise(self, img: np.ndarray, path: Path) -> torch.Tensor:
-        """HWC array -> normalised float32 CHW tensor: ``x * (1 / (scale * std)) - mean / std``."""
-        if img.ndim == 2:
-            img = img[:, :, None]
-        if img.shape[2] != len(self.mean):
-            raise ConfigError(f"{path}: {img.shape[2]} band(s), but data.mean and data.std have {len(self.mean)} "
-                              f"values; set both with {img.shape[2]} values (or leave them unset)")
-        scale = self.value_scale or dtype_scale(img.dtype)
-        key = (img.dtype.str, scale)
-        if key not in self._norm:
-            mul = (1.0 / (scale * self.std)).astype(np.float32)
-            add = (-self.mean / self.std).astype(np.float32)
-            self._norm[key] = (torch.from_numpy(mul).view(-1, 1, 1), torch.from_numpy(add).view(-1, 1, 1))
-        mul_t, add_t = self._norm[key]
-        chw = np.ascontiguousarray(img.transpose(2, 0, 1))
-        if chw.dtype not in (np.uint8, np.float32):
-            chw = chw.astype(np.float32)
-        x = torch.from_numpy(chw).to(torch.float32, copy=True)  # copy: never write into a cached array
-        return x.mul_(mul_t).add_(add_t)
+    def _check_channels(self, channels: int) -> None:
+        """The files' band count fits the normalisation's band selection and per-band values."""
+        bands = self.norm.bands
+        if bands and max(bands) > channels:
+            raise ConfigError(f"{self.records[0].a}: {channels} band(s), but data.bands selects {list(bands)}")
+        n = len(bands) if bands else channels
+        if len(self.mean) not in (1, n) or len(self.std) not in (1, n):
+            raise ConfigError(f"{self.records[0].a}: {n} band(s), but data.mean and data.std have {len(self.mean)} "
+                              f"values; set both with {n} values (or leave them unset)")
+
+    def _read(self, path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+        """The selected bands of an image ``(H, W, C)`` and its nodata mask (``None``: none).
+
+        Nodata pixels take the mean of the image's valid pixels per band: a neutral value that every
+        normalisation maps near 0, and that augmentations move with the image (their labels are ignored).
+        """
+        from ..raster.reader import RasterReader
+
+        with RasterReader(path, bands=self.norm.bands) as reader:
+            data, valid = reader.read_valid()
+        if self.check_range and path not in self._checked:
+            self._checked.add(path)
+            self.norm.check_range(data, path, valid)
+        nodata = None if valid.all() else ~valid
+        if nodata is not None:
+            fill = data[:, valid].mean(axis=1) if valid.any() else np.zeros(data.shape[0])
+            if np.issubdtype(data.dtype, np.integer):
+                fill = np.round(fill)
+            data = np.where(valid, data, fill.astype(data.dtype)[:, None, None])
+        return np.moveaxis(data, 0, -1), nodata
+
+    def _pair_maps(self, i: int) -> tuple[BandMap | None, BandMap | None]:
+        """The radiometric maps :meth:`load_arrays` fitted for pair ``i`` (kept with the arrays when cached)."""
+        if self.norm.radiometric == "none":
+            return None, None
+        return self._maps[i] if self.cache else self._maps.pop(i)

@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader, default_collate
 
 from ..data.datasets import ChangeDataset
 from ..data.io import image_size
+from ..data.normalize import Normalisation
 from ..data.samplers import ChangeBalancedSampler, ChangeIndex, ResumableShuffleSampler
 from ..data.tags import maybe_add_tags
 from ..data.transforms import build_transforms
@@ -28,8 +29,8 @@ def build_dataset(
     transform = build_transforms(cfg["augment"], ignore_index=int(cfg["ignore_index"])) if augment else None
     dataset = ChangeDataset(
         source, root=cfg["root"], layout=cfg["layout"], task=cfg["task"], transform=transform,
-        mean=cfg["mean"], std=cfg["std"], check_values=cfg["check_values"], ignore_index=cfg["ignore_index"],
-        label_palette=cfg.get("label_palette"),
+        check_values=cfg["check_values"], ignore_index=cfg["ignore_index"], label_palette=cfg.get("label_palette"),
+        normalisation=Normalisation.from_data_config(cfg), check_range=split != "train",
     )
     return maybe_add_tags(dataset, cfg, split, extra_inputs)
 
