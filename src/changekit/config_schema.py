@@ -129,9 +129,10 @@ def _threshold(key: str, value: Any) -> Any:
     """``trainer.threshold``: a probability in [0, 1], or ``auto`` (F1-optimal on the validation split)."""
     if value == "auto":
         return value
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
-        raise config_error(key, f"{show(value)} is not a number in [0, 1] or auto")
-    return float(value)
+    try:
+        return FRACTION(key, value)
+    except ConfigError as exc:
+        raise config_error(key, f"{str(exc).split(': ', 1)[1]}, or auto") from None
 
 
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "64-true", "bf16-true", "16-true", "64", "32", "16", "bf16",
