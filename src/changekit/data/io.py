@@ -146,16 +146,11 @@ def read_palette_indices(path: str | Path) -> np.ndarray:
 
 
 def _read_rasterio(path: Path) -> tuple[np.ndarray, GeoInfo]:
-    import rasterio
-    from rasterio.errors import RasterioIOError
+    """The whole raster through :class:`~changekit.raster.reader.RasterReader` (every band but alpha bands)."""
+    from ..raster.reader import RasterReader
 
-    try:
-        with rasterio.open(path) as src:
-            arr = src.read()
-            geo = GeoInfo(crs=src.crs, transform=geo_transform(src))
-    except (RasterioIOError, OSError, ValueError) as exc:
-        raise ImageReadError(f"{path}: cannot read raster ({exc})") from None
-    return np.moveaxis(arr, 0, -1), geo
+    with RasterReader(path) as reader:
+        return np.moveaxis(reader.read(), 0, -1), reader.geo
 
 
 def geo_transform(src: Any) -> Any:
@@ -173,15 +168,11 @@ def geo_transform(src: Any) -> Any:
 def image_size(path: str | Path) -> tuple[int, int, int]:
     """``(H, W, C)`` of an image without decoding its pixels where the format allows."""
     path = require_file(path)
-    if path.suffix.lower() in _RASTERIO_SUFFIXES:
-        import rasterio
-        from rasterio.errors import RasterioIOError
+    if path.suffix.lower() in _RASTERIO_SUFFIXES:  # the bands a RasterReader reads (alpha bands are masks)
+        from ..raster.reader import RasterReader
 
-        try:
-            with rasterio.open(path) as src:
-                return src.height, src.width, src.count
-        except (RasterioIOError, OSError) as exc:
-            raise ImageReadError(f"{path}: cannot read raster ({exc})") from None
+        with RasterReader(path) as reader:
+            return reader.height, reader.width, reader.count
     try:
         with Image.open(path) as im:
             bands = len(im.getbands())
@@ -208,20 +199,12 @@ def write_png(path: str | Path, array: np.ndarray, palette: np.ndarray | None = 
 
 
 def write_geotiff(path: str | Path, array: np.ndarray, geo: GeoInfo | None = None) -> None:
-    """Write ``(H, W)`` or ``(H, W, C)`` data as a (Geo)TIFF atomically, keeping CRS and transform."""
-    import rasterio
+    """Write ``(H, W)`` or ``(H, W, C)`` data as a Cloud Optimized GeoTIFF atomically, keeping CRS and transform
+    (:func:`changekit.raster.writer.write_array`)."""
+    from ..raster.writer import write_array
 
     arr = np.asarray(array)
-    if arr.ndim == 2:
-        arr = arr[:, :, None]
-    profile: dict[str, Any] = dict(
-        driver="GTiff", height=arr.shape[0], width=arr.shape[1], count=arr.shape[2], dtype=arr.dtype.name,
-        compress="deflate",
-    )
-    if geo is not None and geo.is_geo:
-        profile.update(crs=geo.crs, transform=geo.transform)
-    with atomic_path(path) as tmp, rasterio.open(tmp, "w", **profile) as dst:
-        dst.write(np.moveaxis(arr, -1, 0))
+    write_array(path, arr if arr.ndim == 2 else np.moveaxis(arr, -1, 0), geo)
 
 
 def write_image(path: str | Path, array: np.ndarray, geo: GeoInfo | None = None) -> None:

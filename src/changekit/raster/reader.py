@@ -161,7 +161,12 @@ class RasterReader:
             r0, c0, h, w = window
             self._window(window)  # bounds check
             return self._arr[:, r0 : r0 + h, c0 : c0 + w]
-        return self._src.read(self.bands, window=self._window(window))
+        from rasterio.errors import RasterioIOError
+
+        try:
+            return self._src.read(self.bands, window=self._window(window))
+        except (RasterioIOError, OSError) as exc:  # a truncated or corrupt file shows only when its blocks are read
+            raise ImageReadError(f"{self.path}: cannot read raster ({exc})") from None
 
     def valid(self, window: Window | None = None) -> np.ndarray:
         """``(h, w)`` bool: ``True`` where every selected band holds data (see the module docstring)."""

@@ -224,8 +224,12 @@ def write_array(path: str | Path, array: np.ndarray, geo: GeoInfo | None = None,
     path = Path(path)
     with atomic_path(path) as tmp:
         strips = tmp.with_name(tmp.name + ".strips.tif")
+        # bands are data, never alpha: GDAL would otherwise take a 4-band 8-bit array for RGBA (and its 4th band,
+        # e.g. near infrared, for a mask)
+        rgb = arr.shape[0] == 3 and arr.dtype == np.uint8
         profile: dict[str, Any] = dict(driver="GTiff", height=arr.shape[1], width=arr.shape[2], count=arr.shape[0],
-                                       dtype=arr.dtype.name, tiled=True, blockxsize=BLOCK, blockysize=BLOCK)
+                                       dtype=arr.dtype.name, tiled=True, blockxsize=BLOCK, blockysize=BLOCK,
+                                       photometric="RGB" if rgb else "MINISBLACK")
         if nodata is not None:
             profile["nodata"] = nodata
         if geo.is_geo:
