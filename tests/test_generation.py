@@ -215,9 +215,11 @@ def test_protocol_end_to_end(generator: Path, scenes: Path, tmp_path: Path, caps
     toy = ["--set", "data.batch_size=3", "--set", "data.num_workers=0", "--set", "data.augment=none",
            "--set", "trainer.max_epochs=1", "--set", "trainer.accelerator=cpu", "--set", "trainer.devices=1",
            "--set", "trainer.progress_bar=false", "--set", "model.base_channels=4"]
-    rc, out, err = _run(capsys, "train", cfg_dir / "pretrain_fc_siam_diff.yaml", "--out", tmp_path / "pre",
+    model = cfg_dir / "models" / "fc_siam_diff.yaml"  # the composed protocol of docs/changeanywhere.md
+    rc, out, err = _run(capsys, "train", model, cfg_dir / "pretrain.yaml", "--out", tmp_path / "pre",
                         "--set", f"data.train={tmp_path / 'ca_train'}", "--set", f"data.val={tmp_path / 'ca_val'}",
-                        "--set", f"data.test={target / 'test'}", *toy)
+                        "--set", f"data.test={target / 'test'}", "--set", "trainer.max_steps=-1",
+                        "--set", "trainer.val_every_steps=null", *toy)
     assert rc == 0, err
     rc, out, err = _run(capsys, "test", "--ckpt", tmp_path / "pre" / "model.ckpt", "--data", target / "test",
                         "--out", tmp_path / "zero_shot", "--no-report")
@@ -226,7 +228,8 @@ def test_protocol_end_to_end(generator: Path, scenes: Path, tmp_path: Path, caps
     rc, _, err = _run(capsys, "data", "fewshot", target / "train", "--percent", 50, "--prefix", "sysucd-train",
                       "--out", tmp_path / "lists")
     assert rc == 0, err
-    rc, out, err = _run(capsys, "train", cfg_dir / "fc_siam_diff_sysu_cd-10%.yaml", "--out", tmp_path / "ft",
+    rc, out, err = _run(capsys, "train", model, cfg_dir / "datasets" / "sysu_cd.yaml",
+                        cfg_dir / "splits" / "sysu_cd-50.yaml", "--out", tmp_path / "ft",
                         "--set", f"data.train={tmp_path / 'lists' / 'sysucd-train-50%.txt'}",
                         "--set", f"data.root={target / 'train'}", "--set", f"data.val={target / 'test'}",
                         "--set", f"data.test={target / 'test'}",
