@@ -114,6 +114,15 @@ def predict(
                                                             "area, polygons, valid share, model, timings)")] = False,
     report: Annotated[bool, typer.Option("--report", help="also write a self-contained <name>_report.html per "
                                                           "pair (implies --summary)")] = False,
+    align: Annotated[bool, typer.Option("--align", help="warp B onto A's grid as it is read (CRS, resolution, "
+                                                        "extent; outside B is nodata)")] = False,
+    resampling: Annotated[str, typer.Option(help="--align resampling: nearest, bilinear, cubic, lanczos, ...")
+                          ] = "bilinear",
+    compress: Annotated[str, typer.Option(help="COG compression: deflate, zstd or lzw")] = "deflate",
+    vector: Annotated[Optional[Path], typer.Option(help="also write change polygons (.gpkg, .geojson, .parquet) "
+                                                        "with areas and probabilities")] = None,
+    min_area: Annotated[float, typer.Option(help="--vector: drop polygons smaller than this (map units^2)")] = 0.0,
+    simplify: Annotated[float, typer.Option(help="--vector: simplification tolerance (map units)")] = 0.0,
 ) -> None:
     """Write 0/255 change masks (PNG, or GeoTIFF keeping the CRS) named by stem; --out FILE.png for one pair;
     --pairs LIST.csv for many scenes (isolated, resumable, distributed under torchrun)."""
@@ -125,7 +134,9 @@ def predict(
     options = PredictOptions(tile=tile, overlap=overlap, batch_size=batch_size, blend=blend, threshold=threshold,
                              save_prob=prob, save_overlay=overlay, device=device, amp=amp, tile_tags=tile_tags,
                              clip_model=clip_model, clip_weights=clip_weights, clip_classes=clip_classes,
-                             overwrite=overwrite, runtime=runtime, summary=summary, report=report)
+                             overwrite=overwrite, runtime=runtime, summary=summary, report=report,
+                             align=align, resampling=resampling, compress=compress, vector=vector,
+                             min_area=min_area, simplify=simplify)
     if (pairs is None) == (a is None and b is None) or (pairs is None and (a is None or b is None)):
         raise typer.BadParameter("give --a and --b, or --pairs", param_hint="--pairs")
     if pairs is not None or sys.stderr.isatty():  # batch runs: tiles/s, pairs done and an ETA on stderr

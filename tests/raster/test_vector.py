@@ -65,7 +65,7 @@ def test_geopackage_is_a_real_geopackage_with_the_crs(tmp_path: Path) -> None:
     with sqlite3.connect(out) as db:
         assert db.execute("PRAGMA application_id").fetchone()[0] == 0x47504B47  # 'GPKG'
         tables = {r[0] for r in db.execute("SELECT table_name FROM gpkg_contents")}
-    assert tables == {"c"}
+    assert tables == {"changes"}
     info = pyogrio.read_info(out)
     assert info["crs"] == "EPSG:32633" and info["geometry_type"] == "Polygon"
 

@@ -14,7 +14,11 @@ The semantic folder is what ``eval-masks --task semantic --pred OUT`` reads (``l
 ``change/``); ``eval-masks --pred OUT/change`` scores its binary change. GeoTIFF inputs give ``.tif`` masks and
 class maps with the input's georeferencing. A file ``--out FILE.png`` (or ``.tif``) for one pair writes exactly
 that file, and its extras beside it: ``FILE_prob.png``, ``FILE_overlay.png``, ``FILE_label1.png``,
-``FILE_label2.png``.
+``FILE_label2.png``. GeoTIFF outputs are Cloud Optimized GeoTIFFs with nodata set (:mod:`changekit.raster.writer`).
+
+``--vector V.gpkg`` (or ``.geojson`` / ``.parquet``) adds each pair's change polygons: exactly ``V.gpkg`` with a
+one-file ``--out``; beside each mask, with the mask's stem and ``V``'s suffix, with a folder ``--out``
+(``OUT/<stem>.gpkg``, which ``eval-masks`` ignores).
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ class PredictionLayout:
         single_file: ``out`` names one file (one pair).
         semantic: the model writes class maps of both dates too.
         prob, overlay: the ``--prob`` / ``--overlay`` extras are requested.
+        vector: the ``--vector`` file (its suffix picks the format), ``None``: no polygons.
     """
 
     out: Path
@@ -55,17 +60,18 @@ class PredictionLayout:
     semantic: bool
     prob: bool = False
     overlay: bool = False
+    vector: Path | None = None
 
     @classmethod
     def plan(cls, out: str | Path, num_pairs: int, semantic: bool, prob: bool = False,
-             overlay: bool = False) -> PredictionLayout:
+             overlay: bool = False, vector: str | Path | None = None) -> PredictionLayout:
         """Decide the layout; ``--out FILE.png`` for a folder of pairs is refused (one line)."""
         out = Path(out)
         single = out.suffix.lower() in FILE_SUFFIXES
         if single and num_pairs != 1:
             raise OutputError(f"{out}: --out names one file but --a and --b hold {num_pairs} pairs; give a folder "
                               f"(e.g. --out {out.with_suffix('')})")
-        return cls(out, single, semantic, prob, overlay)
+        return cls(out, single, semantic, prob, overlay, Path(vector) if vector is not None else None)
 
     def roots(self, with_overlay: bool | None = None) -> dict[str, Path]:
         """The top-level outputs, each guarded before work starts and written atomically.
@@ -88,6 +94,8 @@ class PredictionLayout:
         if self.semantic:
             roots.update({k: out.with_name(f"{out.stem}_{folder}{out.suffix}")
                           for k, folder in SEMANTIC_FOLDERS.items() if k != "mask"})
+        if self.vector is not None:
+            roots["vector"] = self.vector
         return roots
 
     def files(self, stem: str, suffix: str, roots: Mapping[str, Path]) -> dict[str, Path]:
@@ -108,6 +116,8 @@ class PredictionLayout:
             files["prob"] = roots["prob"] / f"{stem}{suffix}"
         if "overlay" in roots:
             files["overlay"] = roots["overlay"] / f"{stem}.png"
+        if self.vector is not None:
+            files["vector"] = files["mask"].with_suffix(self.vector.suffix)
         return files
 
     def describe(self, roots: Mapping[str, Path]) -> str:

@@ -52,14 +52,23 @@ def run_pair(
     files = dict(files)
     scratch: Path | None = None
     try:
-        if "report" in products and "prob" not in files:  # the report's histogram needs the probabilities
+        # the report's histogram and the polygons' mean / max probability need the probabilities
+        if ("report" in products or "vector" in files) and "prob" not in files:
             scratch = Path(tempfile.mkdtemp(prefix=f".{name}_scratch.ck{os.getpid()}-",
-                                            dir=Path(products["report"]).parent))
+                                            dir=Path(files["mask"]).parent))
             files["prob"] = scratch / f"prob{Path(files['mask']).suffix}"
         tiles0 = progress.tiles
         with progress.counting(session.model):
             session.run(name, a, b, files)
         timings = {"predict": time.perf_counter() - start}
+        if "vector" in files:  # --vector: the change polygons of the files just written
+            from ..raster.vector import vectorize
+
+            t = time.perf_counter()
+            sem = [files["sem_a"], files["sem_b"]] if "sem_a" in files else None
+            vectorize(files["mask"], files["vector"], files.get("prob"), sem, session.options.min_area,
+                      session.options.simplify)
+            timings["vector"] = time.perf_counter() - t
         if not products:
             return None
         t = time.perf_counter()

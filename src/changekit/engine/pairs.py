@@ -157,8 +157,10 @@ class _PairsRunner:
 
     def layout(self, job: PairJob) -> PredictionLayout:
         opt = self.options
+        vector = opt.vector if opt.vector is None or not job.out else job.out.with_suffix(Path(opt.vector).suffix)
         return PredictionLayout.plan(job.out or self.out, 1 if job.out else 2, self.session.semantic,
-                                     opt.save_prob, opt.save_overlay and job.a.suffix.lower() not in GEO_SUFFIXES)
+                                     opt.save_prob, opt.save_overlay and job.a.suffix.lower() not in GEO_SUFFIXES,
+                                     vector)
 
     def __call__(self, job: PairJob, tiles: int) -> PairResult:
         start = time.perf_counter()

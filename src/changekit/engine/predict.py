@@ -91,7 +91,7 @@ def predict(
     session = PredictSession(ckpt, opt)
     for _, fa, fb in pairs:  # header reads: another band count than the model's is one line, not a traceback
         session.check_bands(fa, fb)
-    layout = PredictionLayout.plan(out, len(pairs), session.semantic, opt.save_prob, opt.save_overlay)
+    layout = PredictionLayout.plan(out, len(pairs), session.semantic, opt.save_prob, opt.save_overlay, opt.vector)
     geo = [stem for stem, fa, _ in pairs if fa.suffix.lower() in GEO_SUFFIXES]
     roots = layout.roots(with_overlay=len(geo) < len(pairs))
     for path in roots.values():

@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 
 #: Output suffixes and their formats.
 FORMATS = {".gpkg": "GPKG", ".geojson": "GeoJSON", ".json": "GeoJSON", ".parquet": "Parquet"}
+#: The layer name in GeoPackages (fixed: files are written under temporary names).
+LAYER = "changes"
 #: Pixels read per strip.
 STRIP_PIXELS = 1 << 22
 #: Radius of the sphere with the WGS 84 ellipsoid's area (m).
@@ -132,8 +134,8 @@ def vectorize(
     try:
         with gdal_env():
             readers.append(RasterReader(mask))
-            for extra in [prob, *(sem or [])]:
-                readers.append(RasterReader(extra) if extra is not None else None)  # type: ignore[arg-type]
+            readers.append(RasterReader(prob) if prob is not None else None)  # type: ignore[arg-type]
+            readers += [_class_map(p) for p in sem or []]
             src = readers[0]
             if src.count != 1:
                 raise ImageReadError(f"{mask}: a change mask must have one band, found {src.count}")
@@ -150,6 +152,29 @@ def vectorize(
     _write(out, fmt, features, src.crs)
     log.info("%s: %d change polygons", out, len(features["geometry"]))
     return out
+
+
+class _IndexImage:
+    """A palette PNG class map read as its class indices (a :class:`RasterReader` would decode its colours)."""
+
+    def __init__(self, path: Path) -> None:
+        from ..data.io import read_palette_indices
+
+        self.path, self._arr = path, read_palette_indices(path)
+        self.height, self.width = self._arr.shape
+        self.count, self.crs, self.transform = 1, None, None
+
+    def read(self, window: tuple[int, int, int, int]) -> np.ndarray:
+        r0, c0, h, w = window
+        return self._arr[None, r0 : r0 + h, c0 : c0 + w]
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+def _class_map(path: str | Path) -> Any:
+    path = Path(path)
+    return _IndexImage(path) if path.suffix.lower() == ".png" else RasterReader(path)
 
 
 def _require(fmt: str) -> None:
@@ -307,7 +332,7 @@ def _write(out: Path, fmt: str, cols: dict[str, Any], crs: Any) -> None:
         tmp.unlink(missing_ok=True)  # GDAL creates the file itself
         pyogrio.raw.write(str(tmp), geometry, list(fields.values()), list(fields), driver=fmt,
                           geometry_type=gtype, crs=crs.to_wkt() if crs is not None else None,
-                          promote_to_multi=gtype == "MultiPolygon", layer=out.stem)
+                          promote_to_multi=gtype == "MultiPolygon", layer=LAYER)
 
 
 def _write_geoparquet(path: Path, geometry: np.ndarray, fields: dict[str, np.ndarray], crs: Any, gtype: str) -> None:
