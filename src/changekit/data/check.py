@@ -64,16 +64,11 @@ class PairInfo:
 
 def _meta(path: Path, want_dtype: bool) -> tuple[int, int, int, str | None, Any]:
     """``(H, W, C, dtype, crs)`` from the file header."""
-    if path.suffix.lower() in _RASTERIO_SUFFIXES:
-        import rasterio
-        from rasterio.errors import RasterioIOError
+    if path.suffix.lower() in _RASTERIO_SUFFIXES:  # the bands RasterReader reads (alpha bands are masks)
+        from ..raster.reader import RasterReader
 
-        require_file(path)
-        try:
-            with rasterio.open(path) as src:
-                return src.height, src.width, src.count, src.dtypes[0], src.crs
-        except (RasterioIOError, OSError) as exc:
-            raise ImageReadError(f"{path}: cannot read raster ({exc})") from None
+        with RasterReader(path) as src:
+            return src.height, src.width, src.count, src.dtype.name, src.crs
     h, w, c = image_size(path)
     dtype = None
     if want_dtype:
