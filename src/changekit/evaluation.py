@@ -76,12 +76,32 @@ def _values(arr: np.ndarray) -> list[int]:
 
 
 def read_binary_prediction(path: Path) -> np.ndarray:
-    """A predicted change mask as 0/1; the file must hold only {0, 255} or only {0, 1}."""
+    """A predicted change mask as 0/1, and 255 where the file says "no data" (a GeoTIFF's nodata value, e.g. the
+    128 that ``predict`` writes where either date had no data): those pixels are not scored. The other pixels must
+    hold only {0, 255} or only {0, 1}."""
     arr = read_label_band(path)
-    vals = set(_values(arr))
+    nodata = _nodata_pixels(path, arr)
+    vals = set(_values(arr if nodata is None else arr[~nodata]))
     if not (vals <= {0, 255} or vals <= {0, 1}):
         raise LabelValueError(f"{path}: prediction values {sorted(vals)} are not 0/255 or 0/1 (binary mask expected)")
-    return (arr > 0).astype(np.int64)
+    pred = (arr > 0).astype(np.int64)
+    if nodata is not None:
+        pred[nodata] = 255
+    return pred
+
+
+def _nodata_pixels(path: Path, arr: np.ndarray) -> np.ndarray | None:
+    """Where a GeoTIFF prediction holds its declared nodata value (``None``: none declared or none there)."""
+    if Path(path).suffix.lower() not in (".tif", ".tiff"):
+        return None
+    from .raster.reader import RasterReader
+
+    with RasterReader(path) as reader:
+        value = reader.nodata
+    if value is None or not np.isfinite(value):
+        return None
+    bad = arr == value
+    return bad if bad.any() else None
 
 
 def _raw_label(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -189,6 +209,7 @@ def _eval_binary(pred_dir: Path, gt_dir: Path) -> dict[str, Any]:
     for stem in stems:
         pred, gt = read_binary_prediction(preds[stem]), read_binary_label(gts[stem], lut)
         _check_size(pred, gt, preds[stem], gts[stem])
+        gt = np.where(pred == 255, 255, gt)  # no data in the prediction: ignored like an ignore label
         cm.update(torch.from_numpy(pred), torch.from_numpy(gt))
     metrics = binary_metrics(cm)
     result: dict[str, Any] = {k: metrics[k] for k in BINARY_KEYS}

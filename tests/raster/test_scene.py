@@ -126,3 +126,23 @@ def test_outputs_are_cogs_and_an_interrupted_run_leaves_no_file(tmp_path: Path) 
     with pytest.raises(KeyboardInterrupt):
         predict_scene(Boom(), pa, pb, again, PredictOptions(tile=64, overlap=8, batch_size=1))
     assert list((tmp_path / "new").iterdir()) == []
+
+
+def test_eval_masks_does_not_score_the_predictions_nodata(tmp_path: Path) -> None:
+    from changekit.data.io import write_png
+    from changekit.evaluation import eval_masks
+    from changekit.raster.writer import RasterWriter
+
+    pred = np.zeros((20, 20), np.uint8)
+    pred[5:10, 5:10] = 255
+    pred[:, 15:] = MASK_NODATA  # no data in either date there
+    gt = np.zeros((20, 20), np.uint8)
+    gt[5:10, 5:10] = 255
+    gt[:, 15:] = 255  # change the prediction could not see: not counted against it
+    (tmp_path / "pred").mkdir()
+    (tmp_path / "gt").mkdir()
+    with RasterWriter(tmp_path / "pred" / "s.tif", 20, 20, "mask") as w:
+        w.write(0, pred)
+    write_png(tmp_path / "gt" / "s.png", gt)
+    res = eval_masks(tmp_path / "pred", tmp_path / "gt")
+    assert int(np.sum(res["confusion"])) == 20 * 15 and res["f1"] == pytest.approx(1.0)
