@@ -107,8 +107,8 @@ def test_scene_maps_streamed_equal_whole_image_maps() -> None:
     a = _image(np.uint16, high=3000, size=70)
     b = (a * 3 + 100).astype(np.uint16)
     whole = image_maps("match_histogram", a, b)[1]
-    streamed = scene_maps("match_histogram", 70, 70, lambda r0, r1: a[:, r0:r1], lambda r0, r1: b[:, r0:r1], 3,
-                          np.dtype(np.uint16), strip_rows=16)[1]
+    streamed = scene_maps("match_histogram", 70, lambda r0, r1: (a[:, r0:r1], None),
+                          lambda r0, r1: (b[:, r0:r1], None), 3, np.dtype(np.uint16), 70, strip_rows=16)[1]
     np.testing.assert_allclose(streamed.apply(b), whole.apply(b), atol=1e-3)
 
 

@@ -43,6 +43,8 @@ ClipClasses = Annotated[Optional[Path], typer.Option(help="--tile-tags: class-na
 Threshold = Annotated[Optional[float], typer.Option(help="change probability above which a pixel is change, 0..1 "
                                                          "[default: the checkpoint's trainer.threshold]")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="replace existing outputs")]
+Bands = Annotated[Optional[str], typer.Option(help="1-based bands of the inputs to read, in the model's order, e.g. "
+                                                   "4,3,2 [default: the checkpoint's data.bands]")]
 
 
 @app.command()
@@ -72,7 +74,7 @@ def test(
     no_report: Annotated[bool, typer.Option("--no-report")] = False,
     threshold: Threshold = None, overwrite: Overwrite = False,
     tile_tags: TileTags = False, clip_model: ClipModel = "ViT-B-16", clip_weights: ClipWeights = None,
-    clip_classes: ClipClasses = None,
+    clip_classes: ClipClasses = None, bands: Bands = None,
 ) -> None:
     """Evaluate a checkpoint: OUT/metrics.json and OUT/report.html."""
     from .engine.evaluate import format_test_summary
@@ -80,7 +82,7 @@ def test(
 
     res = _test(ckpt, out, data=data, batch_size=batch_size, report=not no_report, tile_tags=tile_tags,
                 clip_model=clip_model, clip_weights=clip_weights, clip_classes=clip_classes, threshold=threshold,
-                overwrite=overwrite)
+                overwrite=overwrite, bands=bands)
     typer.echo(format_test_summary(res))
     typer.echo(f"metrics: {out / 'metrics.json'}")
 
@@ -114,6 +116,7 @@ def predict(
                                                             "area, polygons, valid share, model, timings)")] = False,
     report: Annotated[bool, typer.Option("--report", help="also write a self-contained <name>_report.html per "
                                                           "pair (implies --summary)")] = False,
+    bands: Bands = None,
     align: Annotated[bool, typer.Option("--align", help="warp B onto A's grid as it is read (CRS, resolution, "
                                                         "extent; outside B is nodata)")] = False,
     resampling: Annotated[str, typer.Option(help="--align resampling: nearest, bilinear, cubic, lanczos, ...")
@@ -134,7 +137,7 @@ def predict(
     options = PredictOptions(tile=tile, overlap=overlap, batch_size=batch_size, blend=blend, threshold=threshold,
                              save_prob=prob, save_overlay=overlay, device=device, amp=amp, tile_tags=tile_tags,
                              clip_model=clip_model, clip_weights=clip_weights, clip_classes=clip_classes,
-                             overwrite=overwrite, runtime=runtime, summary=summary, report=report,
+                             overwrite=overwrite, runtime=runtime, summary=summary, report=report, bands=bands,
                              align=align, resampling=resampling, compress=compress, vector=vector,
                              min_area=min_area, simplify=simplify)
     if (pairs is None) == (a is None and b is None) or (pairs is None and (a is None or b is None)):

@@ -220,6 +220,25 @@ def check_input_bands(path: str | Path, norm: Any, expected: int | None, checkpo
     check_bands(path, count, expected, checkpoint)
 
 
+def with_input_bands(cfg: dict[str, Any], bands: Any) -> Any:
+    """The run's :class:`~changekit.data.normalize.Normalisation` reading other input ``bands`` (``test --bands``),
+    written back into ``cfg`` (``data.bands`` and ``data.resolved_normalize``) so that datasets built from it read
+    them; ``bands=None`` leaves ``cfg`` as it is.
+
+    Raises:
+        ConfigError: ``bands`` are not 1-based indices, or not as many as the model was trained on.
+    """
+    from .norm_config import parse_bands
+    from .normalize import Normalisation
+
+    norm = Normalisation.from_config(cfg).with_bands(parse_bands(bands, "--bands"))
+    if bands is not None:
+        cfg["data"]["bands"] = list(norm.bands or ())
+        if cfg["data"].get("resolved_normalize"):
+            cfg["data"]["resolved_normalize"] = norm.to_dict()
+    return norm
+
+
 def checkpoint_bands(model: Any, cfg: dict[str, Any]) -> int | None:
     """The band count a checkpoint's model takes: its ``in_channels``, else the length of its ``data.mean``."""
     bands = getattr(model, "in_channels", None) or cfg.get("model", {}).get("in_channels")

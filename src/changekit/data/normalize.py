@@ -27,7 +27,7 @@ import torch
 from ..config_types import config_error
 from ..errors import ConfigError
 from .band_stats import BandStats
-from .radiometric import RADIOMETRIC_MODES, BandMap, image_maps
+from .radiometric import RADIOMETRIC_MODES, BandMap, image_maps, scene_maps
 
 log = logging.getLogger(__name__)
 
@@ -268,6 +268,17 @@ class Normalisation:
             raw = raw[:, :, None]
         return self.chw(np.moveaxis(raw, -1, 0), source, band_map, valid)
 
+    def to_unit(self, x: torch.Tensor) -> torch.Tensor:
+        """Network input ``(C, H, W)`` back to about 0..1 for display (reports): the scaled modes undo
+        mean/std; the standardised ones (``meanstd``, ``standardize``) show -2..+2 standard deviations."""
+        if self.mode in ("meanstd", "standardize"):
+            return (x * 0.25 + 0.5).clamp(0, 1)
+        def first(values: Any) -> torch.Tensor:  # x may hold the first bands only (an RGB view of 13)
+            v = np.asarray(values, np.float32).reshape(-1)
+            return torch.from_numpy(np.resize(v, x.shape[0]) if len(v) < x.shape[0] else v[: x.shape[0]]).view(-1, 1, 1)
+
+        return (x * first(self.std) + first(self.mean)).clamp(0, 1)
+
     def fit_pair(self, a: np.ndarray, b: np.ndarray, valid_a: np.ndarray | None = None,
                  valid_b: np.ndarray | None = None) -> tuple[BandMap | None, BandMap | None]:
         """The radiometric maps of one pair from its two whole ``(C, H, W)`` images (``(None, None)`` for
@@ -280,6 +291,27 @@ class Normalisation:
         """Both dates of a whole pair ``(C, H, W)`` normalised, radiometric maps fitted on the pair itself."""
         map_a, map_b = self.fit_pair(a, b, valid_a, valid_b)
         return self.chw(a, source_a, map_a, valid_a), self.chw(b, source_b, map_b, valid_b)
+
+    def fit_scene(self, a: Any, b: Any, sample_rows: int = 32) -> tuple[BandMap | None, BandMap | None]:
+        """Prepare a scene pair before prediction: warn when a date lies far outside the training statistics
+        (``sample_rows`` rows spread over the scene), and fit the radiometric maps in one streaming pass over
+        both dates (nodata of either date excluded).
+
+        Args:
+            a, b: :class:`~changekit.raster.reader.RasterReader` of the two dates on one grid.
+        """
+        for reader in (a, b):
+            rows = np.unique(np.linspace(0, reader.height - 1, min(sample_rows, reader.height)).astype(int))
+            reads = [reader.read_valid((int(r), 0, 1, reader.width)) for r in rows]
+            self.check_range(np.concatenate([d for d, _ in reads], axis=1), reader.path,
+                             np.concatenate([v for _, v in reads], axis=0))
+        if self.radiometric == "none":
+            return None, None
+
+        def rows_of(reader: Any) -> Any:
+            return lambda r0, r1: reader.read_valid((r0, 0, r1 - r0, reader.width))
+
+        return scene_maps(self.radiometric, a.height, rows_of(a), rows_of(b), a.count, np.dtype(a.dtype), a.width)
 
     # ------------------------------------------------------------------------------------ out-of-range warning
     def reference_range(self) -> tuple[np.ndarray, np.ndarray, bool] | None:

@@ -148,21 +148,19 @@ def _stats(chw: np.ndarray, valid: np.ndarray | None) -> BandStats:
     return stats
 
 
-RowReader = Callable[[int, int], np.ndarray]
-ValidReader = Callable[[int, int], "np.ndarray | None"]
+RowReader = Callable[[int, int], "tuple[np.ndarray, np.ndarray | None]"]
 
 
-def scene_maps(mode: str, height: int, width: int, read_a: RowReader, read_b: RowReader, bands: int,
-               dtype: np.dtype, valid: ValidReader | None = None,
-               strip_rows: int = SCENE_STRIP_ROWS) -> tuple[BandMap | None, BandMap | None]:
+def scene_maps(mode: str, height: int, read_a: RowReader, read_b: RowReader, bands: int, dtype: np.dtype,
+               width: int, strip_rows: int = SCENE_STRIP_ROWS) -> tuple[BandMap | None, BandMap | None]:
     """:func:`pair_maps` of two scenes, streamed strip by strip (memory: one strip of each date).
 
     Args:
         mode: a :data:`RADIOMETRIC_MODES` value.
         height, width: the scene size (both dates on one grid).
-        read_a, read_b: ``(r0, r1) -> (C, r1 - r0, W)`` raw rows of the selected bands of each date.
+        read_a, read_b: ``(r0, r1) -> ((C, r1 - r0, W) raw rows, (r1 - r0, W) valid or None)`` of each date's
+            selected bands; a pixel counts only where both dates are valid.
         bands, dtype: band count and dtype of what the readers return.
-        valid: ``(r0, r1) -> (r1 - r0, W)`` bool, False where either date has no data (``None``: all valid).
         strip_rows: rows per read.
     """
     if mode == "none":
@@ -171,9 +169,10 @@ def scene_maps(mode: str, height: int, width: int, read_a: RowReader, read_b: Ro
     stats_b = BandStats(bands, dtype, expected_pixels=height * width)
     for r0 in range(0, height, strip_rows):
         r1 = min(r0 + strip_rows, height)
-        ok = valid(r0, r1) if valid is not None else None
-        stats_a.update(read_a(r0, r1), ok)
-        stats_b.update(read_b(r0, r1), ok)
-    log.info("radiometric %s: statistics of %d x %d pixels per date (%d valid)", mode, height, width,
+        (a, valid_a), (b, valid_b) = read_a(r0, r1), read_b(r0, r1)
+        both = _common(valid_a, valid_b)
+        stats_a.update(a, both)
+        stats_b.update(b, both)
+    log.info("radiometric %s: statistics of %d x %d pixels per date (%d valid in both)", mode, height, width,
              stats_a.count)
     return pair_maps(mode, stats_a, stats_b)

@@ -14,7 +14,7 @@ import lightning as L
 import numpy as np
 import torch
 
-from ..data.bands import check_bands, checkpoint_bands, first_image_bands
+from ..data.bands import check_input_bands, checkpoint_bands, first_image_bands, with_input_bands
 from ..data.io import atomic_dir
 from ..data.tiling import TILES_JSON, tile_ownership
 from ..errors import ConfigError
@@ -102,9 +102,14 @@ def test(
     batch_size: int | None = None, num_workers: int | None = None, report: bool = True, samples: int = 8,
     accelerator: str = "auto", tile_tags: bool = False, clip_model: str = "ViT-B-16",
     clip_weights: str | Path | None = None, clip_classes: str | Path | None = None,
-    threshold: float | None = None, overwrite: bool = False,
+    threshold: float | None = None, overwrite: bool = False, bands: Any = None,
 ) -> dict[str, Any]:
     """Evaluate ``ckpt`` on ``data`` (or the test split of its config).
+
+    Pixels are normalised as in training (the checkpoint's ``data.resolved_normalize``: bands, scaling,
+    ``data.radiometric``); ``bands`` (``--bands 4,3,2``) reads other band indices of the test files, for files
+    whose bands are ordered or numbered otherwise than the training files. Test images far outside the training
+    statistics are warned about, naming the file.
 
     ``threshold`` (default: the checkpoint's ``trainer.threshold``) turns change probabilities into the change
     map; the value used is recorded in ``metrics.json``. A folder written by ``changekit data tile`` (it holds
@@ -132,9 +137,10 @@ def test(
         cfg["data"]["root"] = str(root) if root is not None else None
     if cfg["data"]["test"] is None:
         raise ConfigError(f"{ckpt}: its config has no test split; pass --data DIR")
-    first = first_image_bands(cfg["data"], "test")  # another band count than the model's: one line naming both
-    if first is not None:
-        check_bands(*first, checkpoint_bands(model, cfg), ckpt)
+    norm = with_input_bands(cfg, bands)
+    first = first_image_bands({**cfg["data"], "bands": None}, "test")
+    if first is not None:  # a missing band or another band count than the model's: one line naming both
+        check_input_bands(first[0], norm, checkpoint_bands(model, cfg), ckpt)
     out = check_output(out, inputs=[ckpt, cfg["data"]["test"], cfg["data"].get("root")], overwrite=overwrite,
                        kind="folder")
     if threshold is not None:

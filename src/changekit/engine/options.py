@@ -53,6 +53,9 @@ class PredictOptions:
             from-to classes (:func:`changekit.raster.vector.vectorize`).
         min_area: polygons smaller than this (map units squared, e.g. m²) are left out of ``vector``.
         simplify: simplification tolerance of ``vector`` polygons in map units (0: exact pixel edges).
+        bands: 1-based bands of the input files to read, in the model's band order (``--bands 4,3,2``);
+            ``None``: the bands the checkpoint was trained on (its ``data.bands``). Needed only when the inputs
+            order or number their bands otherwise than the training files.
     """
 
     tile: int = 512
@@ -78,6 +81,7 @@ class PredictOptions:
     vector: str | Path | None = None
     min_area: float = 0.0
     simplify: float = 0.0
+    bands: tuple[int, ...] | None = None
 
     @classmethod
     def build(cls, options: PredictOptions | None = None, **overrides: Any) -> PredictOptions:
@@ -110,6 +114,10 @@ class PredictOptions:
             raise ConfigError(f"{flag}: not available with --runtime onnx (the exported graph runs in float32 "
                               "on the tiles alone); drop it or use --runtime torch")
         self._validate_raster()
+        if self.bands is not None:
+            from ..data.norm_config import parse_bands
+
+            self.bands = parse_bands(self.bands, "--bands")
         return self
 
     def _validate_raster(self) -> None:

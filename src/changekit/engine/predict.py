@@ -12,9 +12,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..data.bands import check_bands, checkpoint_bands
+from ..data.bands import check_input_bands, checkpoint_bands
 from ..data.discover import pair_folders
-from ..data.io import atomic_dir, atomic_path, image_size, read_image, write_image, write_png
+from ..data.io import atomic_dir, atomic_path, image_size, write_image, write_png
 from ..errors import CheckpointError, DatasetNotFoundError, PairingError, SizeMismatchError
 from ..data.normalize import Normalisation
 from ..inference.scene import SceneOutputs, predict_scene
@@ -152,6 +152,8 @@ class PredictSession:
         else:
             self.model, self.cfg = load_checkpoint(ckpt, map_location=self.device)
         self.bands = checkpoint_bands(self.model, self.cfg)
+        #: the checkpoint's normalisation, reading ``options.bands`` when given (``--bands``)
+        self.norm = Normalisation.from_config(self.cfg).with_bands(options.bands)
         self.semantic = getattr(self.model, "task", "binary") == "semantic"
         cfg, opt = self.cfg, options
         self.threshold = decision_threshold(cfg) if opt.threshold is None else float(opt.threshold)
@@ -162,17 +164,18 @@ class PredictSession:
 
             tagger = TileTagger.for_run(cfg, self.model, ckpt, opt.clip_model, opt.clip_weights, opt.clip_classes,
                                         self.device)
-        self.run = _PairRunner(self.model, cfg, self.device, self.threshold, palette, opt, tagger)
+        self.run = _PairRunner(self.model, cfg, self.device, self.threshold, palette, opt, tagger, self.norm)
         self._grid: Any = None
 
     def check_bands(self, fa: Path, fb: Path) -> None:
-        """Header reads of both dates: another band count than the model's is one line, not a traceback."""
+        """Header reads of both dates: a missing band or another band count than the model's is one line, not a
+        traceback."""
         for path in (fa, fb):
-            check_bands(path, image_size(path)[2], self.bands, self.ckpt)
+            check_input_bands(path, self.norm, self.bands, self.ckpt)
 
     def normalisation(self) -> Normalisation:
         """What turns this model's raw input pixels into network input (recorded in pair summaries)."""
-        return Normalisation.from_config(self.cfg)
+        return self.norm
 
     def tiles(self, path: Path) -> int:
         """Tiles this run cuts an image of ``path``'s size into (0 when its header cannot be read)."""
@@ -213,8 +216,9 @@ class _PairRunner:
     """Predicts one pair and writes its files (the paths come from :class:`PredictionLayout`)."""
 
     def __init__(self, model: torch.nn.Module, cfg: dict[str, Any], device: torch.device, threshold: float,
-                 palette: np.ndarray | None, options: PredictOptions, tagger: Any) -> None:
+                 palette: np.ndarray | None, options: PredictOptions, tagger: Any, norm: Normalisation) -> None:
         self.model, self.cfg, self.device, self.thr, self.palette = model, cfg, device, threshold, palette
+        self.norm = norm
         self.options, self.tagger = dataclasses.replace(options, threshold=threshold), tagger
         self.window = dict(**options.window(), tile_extras=tagger)
         self.takes_tags = "tags_a" in getattr(model, "extra_inputs", ()) and tagger is None
@@ -227,19 +231,19 @@ class _PairRunner:
             t = self.cfg["data"].get("tags") or {}
             extras = pair_extras(fa, fb, t.get("suffix", "clipcls_56_vit16"), t.get("top_k", 9),
                                  bool(t.get("allow_missing")))
-        norm = Normalisation.from_config(self.cfg)
+        norm = self.norm
         if fa.suffix.lower() in GEO_SUFFIXES:
             outputs = SceneOutputs(files["mask"], files.get("prob"), files.get("sem_a"), files.get("sem_b"))
             predict_scene(self.model, fa, fb, outputs, self.options, norm,
                           extras=extras, palette=self.palette, tile_extras=self.tagger)
             return
-        ia, ib = read_image(fa), read_image(fb)
+        (ia, valid_a), (ib, valid_b) = _read_bands(fa, norm), _read_bands(fb, norm)
         if ia.shape != ib.shape:
-            raise SizeMismatchError(f"{fa} is {_hwc(ia)} but {fb} is {_hwc(ib)} (H x W x C); the two dates must "
+            raise SizeMismatchError(f"{fa} is {_hwc(ia)} but {fb} is {_hwc(ib)} (C x H x W); the two dates must "
                                     "match in size and bands")
-        res: dict[str, Any] = sliding_window_predict(
-            self.model, norm.hwc(ia, fa), norm.hwc(ib, fb), device=self.device, extras=extras,
-            **self.window)
+        ta, tb = norm.pair(ia, ib, fa, fb, valid_a, valid_b)  # data.radiometric fitted on the whole pair
+        res: dict[str, Any] = sliding_window_predict(self.model, ta, tb, device=self.device, extras=extras,
+                                                     **self.window)
         prob = res["change"] if isinstance(res, dict) else res
         prob = prob.cpu().numpy() if torch.is_tensor(prob) else np.asarray(prob)
         mask = (prob > self.thr).astype(np.uint8) * 255
@@ -255,7 +259,18 @@ class _PairRunner:
         if "overlay" in files:
             from ..report import overlay_on_image
 
-            write_png(files["overlay"], overlay_on_image(ib[:, :, :3], mask > 0))
+            write_png(files["overlay"], overlay_on_image(np.moveaxis(ib[:3], 0, -1), mask > 0))
+
+
+def _read_bands(path: Path, norm: Normalisation) -> tuple[np.ndarray, np.ndarray]:
+    """The bands ``norm`` selects of a whole image ``(C, H, W)`` and its validity; warns when far outside the
+    training statistics."""
+    from ..raster.reader import RasterReader
+
+    with RasterReader(path, bands=norm.bands) as reader:
+        raw, valid = reader.read_valid()
+    norm.check_range(raw, path, valid)
+    return raw, valid
 
 
 def _hwc(img: np.ndarray) -> str:

@@ -247,16 +247,16 @@ class ChangeTask(L.LightningModule):
         self.test_results = self._eval_epoch_end("test")
 
     def _keep_samples(self, batch: dict[str, Any], out: ChangeOutput) -> None:
-        mean = torch.tensor(self.config["data"]["mean"], device=batch["image_a"].device).view(-1, 1, 1)
-        std = torch.tensor(self.config["data"]["std"], device=batch["image_a"].device).view(-1, 1, 1)
+        from ..data.normalize import Normalisation
+
+        norm = Normalisation.from_config(self.config)
         prob = out.change_prob()
         for i in range(batch["image_a"].shape[0]):
             if len(self.samples) >= self.max_samples:
                 return
 
             def rgb(x: torch.Tensor) -> Any:
-                x = (x[:3] * std[:3] + mean[:3]).clamp(0, 1) * 255
-                return x.byte().permute(1, 2, 0).cpu().numpy()
+                return (norm.to_unit(x[:3].float().cpu()) * 255).byte().permute(1, 2, 0).numpy()
 
             sample = {
                 "stem": batch["stem"][i], "image_a": rgb(batch["image_a"][i]), "image_b": rgb(batch["image_b"][i]),

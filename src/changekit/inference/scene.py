@@ -85,7 +85,9 @@ def predict_scene(
         outputs: the files to write (:class:`SceneOutputs`), or just the mask's path.
         options: tile, overlap, batch size, blend, amp, threshold (default 0.5), device (default: the model's),
             ``align`` / ``resampling`` and ``compress`` (:class:`~changekit.engine.options.PredictOptions`).
-        norm: raw pixels -> model input (default: dtype full scale, then ImageNet mean/std).
+        norm: raw pixels -> model input (the checkpoint's :class:`~changekit.data.normalize.Normalisation`:
+            bands, scaling, ``data.radiometric`` fitted over the whole scene first; default: dtype full scale, then
+            ImageNet mean/std); a date far outside its training statistics is warned about, naming the file.
         extras: the model's extra forward inputs for this one pair (e.g. ChangeCLIP's tags), one entry each.
         palette: ``(K, 3)`` uint8 class colours for the class maps (a GeoTIFF colour table or a palette PNG).
         tile_extras: forward inputs computed per batch of tiles instead (e.g. a
@@ -125,20 +127,13 @@ def predict_scene(
         writers = {key: stack.enter_context(RasterWriter(
             p, src_a.height, src_a.width, OUTPUT_KINDS[key], src_a.geo, palette if key.startswith("sem") else None,
             opt.compress, key=key)) for key, p in files.items()}
+        map_a, map_b = norm.fit_scene(src_a, src_b)  # range warning; data.radiometric over the whole scene
         with eval_mode(model), torch.inference_mode():
-            _run_strips(predictor, src_a, src_b, lambda raw, valid: _normalised(norm, raw, valid, src_a.path),
-                        lambda raw, valid: _normalised(norm, raw, valid, src_b.path), writers, threshold, extras,
+            _run_strips(predictor, src_a, src_b, lambda raw, valid: norm.chw(raw, src_a.path, map_a, valid),
+                        lambda raw, valid: norm.chw(raw, src_b.path, map_b, valid), writers, threshold, extras,
                         tile_extras)
     log.info("wrote %s", files.mask)
     return files.mask
-
-
-def _normalised(norm: Normalisation, raw: np.ndarray, valid: np.ndarray, source: Path) -> torch.Tensor:
-    """``norm`` applied to ``(C, h, w)`` raw pixels; where ``valid`` is False the input is 0 (the mean)."""
-    x = norm.chw(raw, source)
-    if not valid.all():
-        x[:, torch.from_numpy(~valid)] = 0.0
-    return x
 
 
 def _run_strips(
