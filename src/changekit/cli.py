@@ -252,11 +252,15 @@ def data_tile(
     src: Annotated[Path, typer.Argument(help="pair folder (A/B/label, im1/im2/label1/label2, ...)")],
     out: Out, size: int = 512, stride: Annotated[Optional[int], typer.Option()] = None,
     layout: str = "auto", overwrite: Overwrite = False,
+    bands: Annotated[Optional[str], typer.Option(help="1-based bands to keep from both dates' images, e.g. 4,3,2 "
+                                                      "(labels are tiled whole)")] = None,
 ) -> None:
     """Cut every image of a pair folder into size x size tiles (ClearSCD's edge rule)."""
+    from .data.norm_config import parse_bands
     from .data.tiling import tile_folder
 
-    tile_folder(src, out, size=size, stride=stride or size, layout=layout, overwrite=overwrite)
+    tile_folder(src, out, size=size, stride=stride or size, layout=layout, overwrite=overwrite,
+                bands=parse_bands(bands, "--bands"))
     typer.echo(f"tiled into {out} (positions in {out / 'tiles.json'})")
 
 

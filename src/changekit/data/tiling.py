@@ -120,8 +120,14 @@ def vote_arrays(tiles: Sequence[np.ndarray], positions: Sequence[tuple[int, int]
 
 # ------------------------------------------------------------------------------------------------ files
 
-def _read(path: Path) -> tuple[np.ndarray, GeoInfo, np.ndarray | None]:
-    """Image as ``(H, W, C)``, its geo info and (palette PNGs only) its palette, so rewriting is lossless."""
+def _read(path: Path, bands: Sequence[int] | None = None) -> tuple[np.ndarray, GeoInfo, np.ndarray | None]:
+    """Image as ``(H, W, C)`` (only ``bands``, 1-based, when given), its geo info and (palette PNGs only) its
+    palette, so rewriting is lossless."""
+    if bands is not None:
+        from ..raster.reader import RasterReader
+
+        with RasterReader(path, bands=bands) as reader:
+            return np.moveaxis(reader.read(), 0, -1), reader.geo, None
     if path.suffix.lower() == ".png":
         with Image.open(path) as im:
             pal = im.getpalette() if im.mode == "P" else None
@@ -192,7 +198,8 @@ def _prepare_out(out: Path, inputs: Sequence[Path], overwrite: bool) -> None:
 
 
 def tile_folder(src: str | Path, out: str | Path, size: IntPair = 512, stride: IntPair | None = None,
-                layout: str | Sequence[str] = "auto", overwrite: bool = False) -> dict[str, Any]:
+                layout: str | Sequence[str] = "auto", overwrite: bool = False,
+                bands: Sequence[int] | None = None) -> dict[str, Any]:
     """Tile every image of a pair folder on one grid per stem, so A, B and labels stay paired.
 
     Args:
@@ -202,13 +209,16 @@ def tile_folder(src: str | Path, out: str | Path, size: IntPair = 512, stride: I
         size, stride: tile size and step in pixels (int or (height, width)); ``stride`` defaults to ``size``.
         layout: ``"auto"`` (every sub-folder containing images) or the sub-folder names to tile.
         overwrite: replace a non-empty ``out``.
+        bands: 1-based bands to keep from the images of both dates (``A``, ``B``, ``im1``... folders; every folder
+            when none has such a name), in this order; labels are tiled whole. GeoTIFF tiles keep their CRS.
 
     Returns:
-        The manifest written to ``tiles.json``.
+        The manifest written to ``tiles.json`` (with ``bands`` when they were selected).
     """
     src, out = Path(src), Path(out)
     size_hw, stride_hw = _pair(size, "size"), _pair(size if stride is None else stride, "stride")
     folders = _folders(src, layout)
+    selected = _band_folders(folders, bands)
     _prepare_out(out, [src], overwrite)
     sources: dict[str, dict[str, Any]] = {}
     for name, folder in folders:
@@ -235,7 +245,8 @@ def tile_folder(src: str | Path, out: str | Path, size: IntPair = 512, stride: I
             entry["rows"] = tile_positions(entry["height"], size_hw[0], stride_hw[0])
             entry["cols"] = tile_positions(entry["width"], size_hw[1], stride_hw[1])
             for name, fname in entry["files"].items():
-                arr, geo, palette = _read(src / name / fname if name else src / fname)
+                arr, geo, palette = _read(src / name / fname if name else src / fname,
+                                          bands if name in selected else None)
                 if geo.is_geo and entry["crs"] is None and entry["transform"] is None:
                     entry.update(_geo_json(geo))
                 suffix = Path(fname).suffix if Path(fname).suffix.lower() in (".png", *_TIF) else ".png"
@@ -245,10 +256,24 @@ def tile_folder(src: str | Path, out: str | Path, size: IntPair = 512, stride: I
                     _write(tmp / name / f"{stem}_{r}_{c}{suffix}", tile, tile_geo, palette)
         manifest = {"version": 1, "size": list(size_hw), "stride": list(stride_hw),
                     "folders": [name for name, _ in folders], "sources": sources}
+        if bands is not None:
+            manifest["bands"] = {"bands": list(bands), "folders": sorted(selected)}
         with atomic_path(tmp / TILES_JSON) as jpath:
             jpath.write_text(json.dumps(manifest, indent=1))
     log.info("tiled %d stems of %s into %s", len(sources), src, out)
     return manifest
+
+
+def _band_folders(folders: Sequence[tuple[str, Path]], bands: Sequence[int] | None) -> set[str]:
+    """The folders whose images ``bands`` select from: the dates' image folders of the known layouts, or every
+    folder when none has such a name."""
+    if bands is None:
+        return set()
+    from .discover import LAYOUTS
+
+    dates = {n.lower() for lay in LAYOUTS for n in (lay.a, lay.b)}
+    chosen = {name for name, _ in folders if name.lower() in dates}
+    return chosen or {name for name, _ in folders}
 
 
 def _window_geo(geo: GeoInfo, row: int, col: int, shape: Sequence[int]) -> GeoInfo:
