@@ -163,6 +163,22 @@ def predict(
             typer.echo(f"{key}: {extras[key]}")
 
 
+@app.command()
+def export(
+    ckpt: Annotated[Path, typer.Option(help="checkpoint")],
+    onnx: Annotated[Path, typer.Option("--onnx", help="the ONNX file to write (.onnx)")],
+    tile: Annotated[int, typer.Option(help="tile size the graph is traced and checked at (predict's --tile)")] = 512,
+    overwrite: Overwrite = False,
+) -> None:
+    """Export a checkpoint to ONNX (dynamic batch and size; normalisation and bands in its metadata), checked
+    against PyTorch with onnxruntime; predict it with --runtime onnx."""
+    from .export.onnx_export import export_onnx
+
+    res = export_onnx(ckpt, onnx, tile=tile, overwrite=overwrite)
+    sizes = "any tile size" if res.dynamic_size else f"{res.tile}-pixel tiles only"
+    typer.echo(f"wrote {res.path} ({sizes}; max probability difference to PyTorch {res.max_diff:.1e})")
+
+
 @app.command("eval-masks")
 def eval_masks(
     pred: Annotated[Path, typer.Option(help="folder of predicted masks")],

@@ -77,7 +77,7 @@ def run_pair(
         summary = pair_summary(
             name, a, b, final, regions, model=session.model_record(), normalisation=session.normalisation(),
             options=session.options, threshold=session.threshold, timings=timings, tiles=progress.tiles - tiles0,
-            fingerprint_=session.fingerprint,
+            fingerprint_=session.fingerprint, vector=files.get("vector"),
         )
         if "report" in products:
             from ..report.scene import write_scene_report

@@ -146,9 +146,10 @@ class PredictSession:
         self.ckpt, self.options = Path(ckpt), options
         self.device = torch.device(options.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if options.runtime == "onnx":
-            from ..export.ort_model import load_onnx
+            from ..export.ort_model import check_tile, load_onnx
 
             self.model, self.cfg = load_onnx(ckpt, self.device)
+            check_tile(self.model, options.tile)
         else:
             self.model, self.cfg = load_checkpoint(ckpt, map_location=self.device)
         self.bands = checkpoint_bands(self.model, self.cfg)

@@ -73,18 +73,18 @@ def fingerprint(ckpt_sha256: str, options: PredictOptions, threshold: float) -> 
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _plain(value: Any) -> Any:
+def plain_json(value: Any) -> Any:
     """JSON-ready copy: tuples to lists, paths to text, numpy scalars to Python numbers."""
     if callable(getattr(value, "to_dict", None)):  # e.g. Normalisation: its own plain form
-        return _plain(value.to_dict())
+        return plain_json(value.to_dict())
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return _plain(dataclasses.asdict(value))
+        return plain_json(dataclasses.asdict(value))
     if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): plain_json(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
+        return [plain_json(v) for v in value]
     if isinstance(value, set | frozenset):
-        return sorted(_plain(v) for v in value)
+        return sorted(plain_json(v) for v in value)
     if isinstance(value, Path):
         return str(value)
     if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
@@ -103,7 +103,7 @@ def _share(num: float, den: float) -> float | None:
 def pair_summary(
     name: str, a: Path, b: Path, outputs: Mapping[str, Path], regions: Regions, *, model: Mapping[str, Any],
     normalisation: Any, options: PredictOptions, threshold: float, timings: Mapping[str, float], tiles: int,
-    fingerprint_: str,
+    fingerprint_: str, vector: Path | None = None,
 ) -> dict[str, Any]:
     """The summary of one predicted pair (see the module docstring for what and why).
 
@@ -117,6 +117,8 @@ def pair_summary(
         timings: seconds per stage (``predict``, ``regions``, ``report``, ``total``).
         tiles: tiles the model predicted for this pair.
         fingerprint_: :func:`fingerprint` of the run.
+        vector: the pair's polygon file (``--vector``): the polygon count is its feature count (after
+            ``min_area``), else the mask's 4-connected regions are counted.
     """
     r = regions
     km2 = None if r.changed_m2 is None else r.changed_m2 / 1e6
@@ -131,8 +133,9 @@ def pair_summary(
         "changed_percent_of_valid": None if not r.valid else 100.0 * r.changed / r.valid,
         "valid_km2": None if r.valid_m2 is None else r.valid_m2 / 1e6,
         "valid_share": _share(r.valid, r.total),
-        "polygons": r.count,
-        "polygons_from": "mask (4-connected change regions)",
+        "polygons": r.count if vector is None else vector_features(vector),
+        "polygons_from": ("mask (4-connected change regions)" if vector is None
+                          else f"vector file {Path(outputs.get('vector', vector)).name}"),
         "largest_polygon_ha": (None if r.area_m2 is None or not r.count else float(r.area_m2.max()) / 1e4),
         "pixels": {"total": r.total, "valid": r.valid, "changed": r.changed},
         "crs": r.crs,
@@ -147,7 +150,19 @@ def pair_summary(
     }
     if r.prob_hist is not None:
         summary["probability_histogram"] = {"bins": HIST_BINS, "counts": r.prob_hist.tolist()}
-    return _plain(summary)
+    return plain_json(summary)
+
+
+def vector_features(path: str | Path) -> int:
+    """Number of polygons in a vector file (GeoPackage, GeoJSON or GeoParquet) without reading geometries."""
+    path = Path(path)
+    if path.suffix.lower() == ".parquet":
+        import pyarrow.parquet as pq
+
+        return int(pq.ParquetFile(path).metadata.num_rows)
+    import pyogrio
+
+    return int(pyogrio.read_info(path)["features"])
 
 
 def write_summary(path: Path, summary: Mapping[str, Any]) -> Path:
@@ -161,7 +176,7 @@ def _difference(old: Mapping[str, Any], model: Mapping[str, Any], options: Predi
     """What differs between an earlier summary and this run, in words (``''`` when nothing visible does)."""
     if (old.get("model") or {}).get("sha256") != model.get("sha256"):
         return f"checkpoint {(old.get('model') or {}).get('checkpoint')}, this run {model.get('checkpoint')}"
-    now = _plain(dataclasses.asdict(options))
+    now = plain_json(dataclasses.asdict(options))
     before = old.get("options") or {}
     for key, value in now.items():
         if key not in _NEUTRAL_OPTIONS and before.get(key) != value:
