@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from changekit.cli import main
-from changekit.engine.callbacks import InvocationTimer, read_metrics_rows
+from changekit.engine.callbacks import read_metrics_rows
 from changekit.engine.runfolder import LOCK_NAME, run_lock
 from changekit.errors import ChangekitError
 
@@ -161,11 +161,23 @@ def test_folders_follow_the_umask(synth_root: Path, tmp_path: Path, tiny_config,
         assert stat.S_IMODE(f.stat().st_mode) == 0o644, f
 
 
-def test_time_budget_counts_this_invocation_only() -> None:
-    timer = InvocationTimer(duration={"seconds": 60})
-    timer.load_state_dict({"time_elapsed": {"train": 1e6, "sanity_check": 0.0, "validate": 0.0, "test": 0.0,
-                                            "predict": 0.0}})
-    assert timer.time_elapsed("train") == 0.0
+def test_time_budget_covers_the_whole_run_and_says_when_it_is_spent(
+    synth_root: Path, tmp_path: Path, tiny_config, capsys: pytest.CaptureFixture, caplog  # noqa: ANN001
+) -> None:
+    """trainer.max_time_minutes bounds the run, all invocations together (the schedule's plan continues on
+    resume); a resume whose budget is used up trains nothing and says so; a larger budget on resume trains on."""
+    out = tmp_path / "run"
+    rc, err = _run(capsys, "train", _cfg(tmp_path, tiny_config(synth_root)), "--out", out,
+                   "--set", "trainer.max_time_minutes=0.0001", "trainer.max_epochs=5")
+    assert rc == 0, err
+    assert "time budget of" in caplog.text and "is spent" in caplog.text
+    first = _step(out / "checkpoints" / "last.ckpt")
+    caplog.clear()
+    assert _run(capsys, "train", "--resume", "--out", out)[0] == 0
+    assert "already spent" in caplog.text
+    assert _step(out / "checkpoints" / "last.ckpt") == first
+    assert _run(capsys, "train", "--resume", "--out", out, "--set", "trainer.max_time_minutes=30")[0] == 0
+    assert _step(out / "checkpoints" / "last.ckpt") > first
 
 
 def test_resume_in_the_middle_of_an_epoch_continues_it_in_the_same_order(

@@ -6,8 +6,6 @@
 * :class:`LastCheckpoint` rewrites ``last.ckpt`` after every validation, every training epoch, every
   ``every_n_steps`` steps and at the end: always the last state (Lightning's ``save_last`` only follows the
   monitored checkpoint, so a run whose metric stays flat would keep stale weights).
-* :class:`InvocationTimer` bounds the time of this invocation (Lightning's timer restores the elapsed time of the
-  earlier invocations from the checkpoint, so a resumed run whose budget was spent would stop at once).
 * :class:`ResumableCSVLogger` appends to ``logs/metrics.csv`` (Lightning's deletes it when the folder exists).
 """
 
@@ -21,7 +19,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Checkpoint, Timer
+from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.plugins.io import TorchCheckpointIO
@@ -70,23 +68,6 @@ class LastCheckpoint(Checkpoint):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:  # noqa: D102
         self._save(trainer)
-
-
-class InvocationTimer(Timer):
-    """Lightning's ``Timer`` counting this invocation only (earlier invocations' time is not restored)."""
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # noqa: D102
-        pass
-
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:  # noqa: D102
-        super().on_train_end(trainer, pl_module)
-        if self._check_time_remaining_is_zero():
-            log.warning("stopped after this invocation's time budget (trainer.max_time_minutes); continue with "
-                        "`changekit train --resume --out RUN`")
-
-    def _check_time_remaining_is_zero(self) -> bool:
-        remaining = self.time_remaining()
-        return remaining is not None and remaining <= 0
 
 
 class _AppendingWriter(ExperimentWriter):

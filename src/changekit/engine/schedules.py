@@ -255,6 +255,10 @@ class BudgetShaper:
         """Training time of the whole run, earlier invocations included."""
         return self.spent_before + (now - self._t0 if self._t0 is not None else 0.0)
 
+    def spent(self, now: float) -> bool:
+        """Whether a time budget exists and the whole run (earlier invocations included) has used it up."""
+        return self.budget_s is not None and self.elapsed(now) >= self.budget_s
+
     def update(self, step: int, now: float) -> bool:
         """Re-estimate the horizon after optimiser step ``step``; return whether the time budget is spent."""
         if self.budget_s is None:

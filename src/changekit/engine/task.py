@@ -179,6 +179,17 @@ class ChangeTask(L.LightningModule):
     def on_train_start(self) -> None:  # noqa: D102
         if self.shaper is not None:
             self.shaper.start(time.monotonic(), self.global_step)
+            if self.shaper.spent(time.monotonic()):  # a resume of a run whose budget is used up: say so
+                log.warning("trainer.max_time_minutes: this run's time budget is already spent (%.1f of %.1f min); "
+                            "nothing more is trained; raise it on resume (--set trainer.max_time_minutes=M) to "
+                            "train longer", self.shaper.elapsed(time.monotonic()) / 60, self.shaper.budget_s / 60)
+                self.trainer.should_stop = True
+
+    def on_train_end(self) -> None:  # noqa: D102
+        if self.shaper is not None and self.shaper.budget_s is not None and self.trainer.should_stop:
+            log.warning("trainer.max_time_minutes: stopped at step %d, the run's time budget of %.1f min is spent "
+                        "(all invocations count); `changekit train --resume --out RUN --set "
+                        "trainer.max_time_minutes=M` trains longer", self.global_step, self.shaper.budget_s / 60)
 
     def on_train_epoch_start(self) -> None:  # noqa: D102
         self.model.current_epoch = self.current_epoch  # epoch-dependent terms (ClearSCD's SACL warm-up), 0-based
@@ -282,8 +293,10 @@ class ChangeTask(L.LightningModule):
         plan = SchedulePlan.from_config(scfg, steps_per_epoch, total)
         budget_s = float(minutes) * 60 if minutes else None
         horizon = None
-        if scfg.get("budget_shaped", True) and plan.shapes(total, budget_s):  # shorter than the recipe, or bounded by time: warm up, peak and decay
+        shaped = bool(scfg.get("budget_shaped", True)) and plan.shapes(total, budget_s)
+        if shaped or budget_s is not None:  # a time budget is kept by the shaper even when it shapes nothing
             self.shaper = BudgetShaper(plan, total, budget_s, self._shaper_state)
+        if shaped:  # shorter than the recipe, or bounded by time: warm up, peak and decay within the run
             horizon = self.shaper.horizon
         sched = build_scheduler(optimizer, scfg, steps_per_epoch, total, horizon=horizon)
         return optimizer if sched is None else {"optimizer": optimizer, "lr_scheduler": sched}

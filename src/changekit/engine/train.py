@@ -11,7 +11,6 @@ Order of work, so that a refused command leaves nothing and a killed one loses l
 from __future__ import annotations
 
 import logging
-import math
 import shutil
 import warnings
 from pathlib import Path
@@ -26,7 +25,7 @@ from ..config import dump_config, load_config, parse_override, resolve, set_by_p
 from ..data.bands import fit_to_data
 from ..errors import CheckpointError, ConfigError, DatasetNotFoundError
 from ..safety import check_output
-from .callbacks import AtomicCheckpointIO, InvocationTimer, LastCheckpoint, ResumableCSVLogger
+from .callbacks import AtomicCheckpointIO, LastCheckpoint, ResumableCSVLogger
 from .checkpoint import load_weights, read_checkpoint, save_checkpoint
 from .datamodule import ChangeDataModule
 from .finish import finish_export
@@ -88,9 +87,6 @@ def build_trainer(cfg: dict[str, Any], out: Path, has_val: bool, **extra: Any) -
                                          save_top_k=1, save_last=False, enable_version_counter=False))
     if t["progress_bar"]:
         callbacks.append(TQDMProgressBar(refresh_rate=max(1, int(t["log_every_n_steps"]) // 2)))
-    if t["max_time_minutes"]:
-        callbacks.append(InvocationTimer(duration={"seconds": int(math.ceil(float(t["max_time_minutes"]) * 60))},
-                                         interval="step"))
     iter_based = int(t["max_steps"]) > 0
     kwargs: dict[str, Any] = dict(
         accelerator=t["accelerator"], devices=t["devices"], strategy=t["strategy"], num_nodes=t["num_nodes"],
