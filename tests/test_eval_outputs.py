@@ -165,7 +165,7 @@ def test_overlay_on_geotiff_input_says_it_is_not_drawn(binary_set: Path, tmp_pat
     assert rc == 0, err
     notes = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "--overlay" in r.getMessage()]
     assert len(notes) == 1 and "not drawn for GeoTIFF inputs" in notes[0] and "\n" not in notes[0]
-    assert [p.name for p in (tmp_path / "pred").iterdir()] == ["scene.tif"]
+    assert [p.name for p in (tmp_path / "pred").iterdir()] == ["scene_change.tif"]
     assert not (tmp_path / "pred_overlay").exists()
 
 

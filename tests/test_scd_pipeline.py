@@ -122,9 +122,9 @@ def test_predict_on_geotiffs_writes_georeferenced_class_maps(run: Path, semantic
     assert main(["predict", "--ckpt", str(run / "model.ckpt"), "--a", str(tmp_path / "im1"), "--b",
                  str(tmp_path / "im2"), "--out", str(tmp_path / "pred"), "--tile", "64", "--overlap", "16"]) == 0
     assert sorted(str(p.relative_to(tmp_path / "pred")) for p in (tmp_path / "pred").rglob("*.tif")) == [
-        f"change/{stem}.tif", f"label1/{stem}.tif", f"label2/{stem}.tif"]
-    for key in ("label1", "label2"):
-        with rasterio.open(tmp_path / "pred" / key / f"{stem}.tif") as ds:
+        f"{stem}_change.tif", f"{stem}_sem_a.tif", f"{stem}_sem_b.tif"]  # a scene: named after the pair
+    for key in ("sem_a", "sem_b"):
+        with rasterio.open(tmp_path / "pred" / f"{stem}_{key}.tif") as ds:
             assert str(ds.crs) == "EPSG:32633" and ds.transform.a == 0.5
             assert int(ds.read(1).max()) < 5
             assert ds.colormap(1)[1][:3] == tuple(int(v) for v in PALETTE[1])

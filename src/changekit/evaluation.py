@@ -60,6 +60,33 @@ def list_masks(folder: str | Path) -> dict[str, Path]:
     return found
 
 
+#: A GeoTIFF scene's files in a folder ``predict --out OUT`` (``engine.outputs.SCENE_TAGS``): tag -> the semantic
+#: layout's folder name.
+SCENE_TAGS = {"change": "change", "sem_a": "label1", "sem_b": "label2"}
+
+
+def scene_masks(folder: str | Path, tag: str = "change") -> dict[str, Path] | None:
+    """``OUT/<name>_<tag>.tif`` files (``predict`` on GeoTIFF scenes) by pair name; ``None`` when there are none.
+
+    Raises:
+        PairingError: two files give one name (``a_change.tif`` and ``a_change.tiff``).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    found: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith(".") or path.suffix.lower() not in (".tif", ".tiff"):
+            continue
+        if not path.stem.endswith(f"_{tag}"):
+            continue
+        name = path.stem[: -len(tag) - 1]
+        if name in found:
+            raise PairingError(f"{folder}: pair '{name}' has two {tag} files ({found[name].name}, {path.name})")
+        found[name] = require_file(path, "mask image")
+    return found or None
+
+
 def _pair(pred: dict[str, Path], gt: dict[str, Path], pred_dir: Path, gt_dir: Path) -> list[str]:
     """Stems present in both, or a PairingError naming the first orphan and the folder it is missing from."""
     for stem in sorted(pred):
@@ -202,7 +229,7 @@ def eval_masks(
 
 
 def _eval_binary(pred_dir: Path, gt_dir: Path) -> dict[str, Any]:
-    preds, gts = list_masks(pred_dir), list_masks(gt_dir)
+    preds, gts = scene_masks(pred_dir) or list_masks(pred_dir), list_masks(gt_dir)
     stems = _pair(preds, gts, pred_dir, gt_dir)
     cm = ConfusionMatrix(2, ignore_index=255)
     lut = label_lut(gts[stem] for stem in stems)  # the convention of the whole ground truth, never per file
@@ -220,6 +247,13 @@ def _eval_binary(pred_dir: Path, gt_dir: Path) -> dict[str, Any]:
 
 
 def _semantic_folders(root: Path) -> dict[str, dict[str, Path]]:
+    scenes = {folder: scene_masks(root, tag) for tag, folder in SCENE_TAGS.items()}
+    if not (root / "label1").is_dir() and scenes["label1"]:  # predict's GeoTIFF scene files, all in one folder
+        folders = {k: v for k, v in scenes.items() if v}
+        for name in ("label2", "change"):
+            if name in folders:
+                _pair(folders[name], folders["label1"], root, root)
+        return folders
     change = [root / name for name in CHANGE_FOLDERS if (root / name).is_dir()]
     if len(change) > 1:
         raise PairingError(f"{root}: holds both {change[0].name}/ and {change[1].name}/; keep one change folder")

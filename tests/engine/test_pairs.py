@@ -88,7 +88,8 @@ def test_one_broken_pair_keeps_the_others_and_the_table_says_so(ws: Path, capsys
     assert "2 done, 0 skipped, 1 failed" in cap.out and "failed s1_a:" in cap.out and "s1_b.tif" in cap.out
     assert "pairs 3/3" in cap.err and "tiles/s" in cap.err  # progress lines
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["pairs_summary.csv", "s0_a.tif", "s0_a_summary.json", "s2_a.tif", "s2_a_summary.json"]
+    assert names == ["pairs_summary.csv", "s0_a_change.tif", "s0_a_summary.json", "s2_a_change.tif",
+                     "s2_a_summary.json"]
     assert not [p for p in ws.iterdir() if p.name.startswith(".")]  # no temporaries left beside the output
     rows = (out / "pairs_summary.csv").read_text().splitlines()
     assert rows[0].startswith("name,status") and [r.split(",")[1] for r in rows[1:]] == ["done", "failed", "done"]
@@ -100,7 +101,7 @@ def test_summary_numbers_match_the_mask(ws: Path) -> None:
     run = predict_pairs(ws / "model.ckpt", ws / "pairs.csv", ws / "pred", **OPTS)
     assert [r.status for r in run.results] == ["done"] * 3
     s = json.loads((ws / "pred" / "s0_a_summary.json").read_text())
-    with rasterio.open(ws / "pred" / "s0_a.tif") as ds:
+    with rasterio.open(ws / "pred" / "s0_a_change.tif") as ds:
         mask = ds.read(1)
     changed = int((mask == 255).sum())
     assert s["pixels"] == {"total": mask.size, "valid": mask.size, "changed": changed}
@@ -134,11 +135,11 @@ def test_rerun_skips_finished_pairs_and_other_settings_need_overwrite(ws: Path) 
 def test_a_file_of_no_finished_pair_is_not_replaced(ws: Path) -> None:
     out = ws / "pred"
     out.mkdir()
-    (out / "s0_a.tif").write_bytes(b"mine")
+    (out / "s0_a_change.tif").write_bytes(b"mine")
     run = predict_pairs(ws / "model.ckpt", ws / "pairs.csv", out, **OPTS)
     assert [r.status for r in run.results] == ["failed", "done", "done"]
     assert "belongs to no finished pair" in run.results[0].message
-    assert (out / "s0_a.tif").read_bytes() == b"mine"
+    assert (out / "s0_a_change.tif").read_bytes() == b"mine"
 
 
 def test_a_pair_failing_midway_leaves_no_file_under_a_final_name(ws: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -169,8 +170,9 @@ def test_out_column_writes_exactly_that_file(ws: Path) -> None:
     run = predict_pairs(ws / "model.ckpt", ws / "pairs.csv", ws / "pred", save_prob=True, **OPTS)
     assert [(r.name, r.status) for r in run.results] == [("zero", "done"), ("s1_a", "done")]
     assert sorted(p.name for p in (ws / "maps").iterdir()) == ["zero.tif", "zero_prob.tif", "zero_summary.json"]
-    assert sorted(p.name for p in (ws / "pred").iterdir()) == ["pairs_summary.csv", "s1_a.tif", "s1_a_summary.json"]
-    assert sorted(p.name for p in (ws / "pred_prob").iterdir()) == ["s1_a.tif"]
+    assert sorted(p.name for p in (ws / "pred").iterdir()) == ["pairs_summary.csv", "s1_a_change.tif", "s1_a_prob.tif",
+                                                              "s1_a_summary.json"]  # a scene: its files in one folder
+    assert not (ws / "pred_prob").exists()
 
 
 def test_out_inside_an_input_is_refused_before_any_work(ws: Path) -> None:

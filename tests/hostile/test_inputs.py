@@ -286,7 +286,7 @@ def test_nan_strip_never_reaches_the_network_in_predict(tmp_path: Path, capsys: 
         Pointwise.forward = forward
     assert rc == 0, err
     assert seen and all(torch.isfinite(x).all() for x in seen)
-    mask = read_image(tmp_path / "pred" / "p0.tif")[:, :, 0]
+    mask = read_image(tmp_path / "pred" / "p0_change.tif")[:, :, 0]
     assert (mask[4:8] == 128).all()  # nodata: the mask's nodata value (raster.writer.MASK_NODATA), never change
     assert (np.delete(mask, slice(4, 8), 0) == 255).all()  # threshold 0: all else
     assert _hash(data) == before

@@ -70,4 +70,5 @@ def test_folder_run_writes_polygons_beside_each_mask(tmp_path: Path, capsys: pyt
     rc, _, err = _run(capsys, "predict", "--ckpt", ckpt, "--a", tmp_path / "A", "--b", tmp_path / "B", "--out",
                       tmp_path / "pred", "--tile", 32, "--overlap", 8, "--threshold", "0.1", "--vector", "x.parquet")
     assert rc == 0, err
-    assert sorted(p.name for p in (tmp_path / "pred").iterdir()) == ["s1.parquet", "s1.tif", "s2.parquet", "s2.tif"]
+    assert sorted(p.name for p in (tmp_path / "pred").iterdir()) == ["s1_change.parquet", "s1_change.tif",
+                                                                    "s2_change.parquet", "s2_change.tif"]

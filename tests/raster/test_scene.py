@@ -146,3 +146,25 @@ def test_eval_masks_does_not_score_the_predictions_nodata(tmp_path: Path) -> Non
     write_png(tmp_path / "gt" / "s.png", gt)
     res = eval_masks(tmp_path / "pred", tmp_path / "gt")
     assert int(np.sum(res["confusion"])) == 20 * 15 and res["f1"] == pytest.approx(1.0)
+
+
+def test_eval_masks_reads_a_scene_folder(tmp_path: Path) -> None:
+    """predict names a GeoTIFF scene's files after the pair (<name>_change.tif, <name>_prob.tif): eval-masks pairs
+    <name>_change.tif with the ground truth <name> and ignores the other files."""
+    from changekit.data.io import write_png
+    from changekit.evaluation import eval_masks
+    from changekit.raster.writer import RasterWriter
+
+    (tmp_path / "pred").mkdir()
+    (tmp_path / "gt").mkdir()
+    for name, flip in (("x", False), ("y", True)):
+        mask = np.zeros((8, 8), np.uint8)
+        mask[:4] = 255
+        with RasterWriter(tmp_path / "pred" / f"{name}_change.tif", 8, 8, "mask") as w:
+            w.write(0, mask)
+        with RasterWriter(tmp_path / "pred" / f"{name}_prob.tif", 8, 8, "prob") as w:
+            w.write(0, mask / 255.0)
+        write_png(tmp_path / "gt" / f"{name}.png", 255 - mask if flip else mask)
+    res = eval_masks(tmp_path / "pred", tmp_path / "gt")
+    assert res["num_images"] == 2 and int(np.sum(res["confusion"])) == 128
+    assert res["confusion"] == [[32, 32], [32, 32]]

@@ -1,7 +1,18 @@
 """Where ``predict`` writes: the one place that decides every output name.
 
-A folder ``--out OUT`` (any number of pairs) holds masks only, so that ``changekit eval-masks --pred OUT``
-scores it as it is; the optional extras go into sibling folders::
+GeoTIFF pairs are scenes: in a folder ``--out OUT`` every file of a pair is named after the pair (its name: A's
+stem, or a pair list's ``name`` column) and lies in ``OUT``::
+
+    OUT/<name>_change.tif    0/255 change mask (nodata 128), Cloud Optimized GeoTIFF on A's grid
+    OUT/<name>_prob.tif      --prob: change probability (float32, nodata NaN)
+    OUT/<name>_sem_a.tif     semantic models: date-A class map (colour table, nodata 255)
+    OUT/<name>_sem_b.tif     semantic models: date-B class map
+    OUT/<name>_change.gpkg   --vector x.gpkg (or .geojson / .parquet): change polygons
+
+``eval-masks --pred OUT`` reads ``<name>_change.tif`` as the mask of ``<name>`` (``--task semantic`` the
+``_sem_a`` / ``_sem_b`` / ``_change`` files). Plain image pairs (PNG/JPEG tiles of a benchmark) keep the layout that
+``eval-masks`` has always read: a folder ``--out OUT`` holds masks only, and the optional extras go into sibling
+folders::
 
     binary model                      semantic model
     OUT/<stem>.png   0/255 change     OUT/change/<stem>.png   0/255 change
@@ -9,16 +20,14 @@ scores it as it is; the optional extras go into sibling folders::
                                       OUT/label2/<stem>.png   date-B class map
     OUT_prob/<stem>.png      --prob: change probability (x 255; float32 GeoTIFF for GeoTIFF inputs)
     OUT_overlay/<stem>.png   --overlay: changes in red on date B (PNG inputs only)
+    OUT/<stem>.gpkg          --vector: change polygons beside each mask
 
 The semantic folder is what ``eval-masks --task semantic --pred OUT`` reads (``label1/``, ``label2/``,
-``change/``); ``eval-masks --pred OUT/change`` scores its binary change. GeoTIFF inputs give ``.tif`` masks and
-class maps with the input's georeferencing. A file ``--out FILE.png`` (or ``.tif``) for one pair writes exactly
-that file, and its extras beside it: ``FILE_prob.png``, ``FILE_overlay.png``, ``FILE_label1.png``,
-``FILE_label2.png``. GeoTIFF outputs are Cloud Optimized GeoTIFFs with nodata set (:mod:`changekit.raster.writer`).
+``change/``); ``eval-masks --pred OUT/change`` scores its binary change.
 
-``--vector V.gpkg`` (or ``.geojson`` / ``.parquet``) adds each pair's change polygons: exactly ``V.gpkg`` with a
-one-file ``--out``; beside each mask, with the mask's stem and ``V``'s suffix, with a folder ``--out``
-(``OUT/<stem>.gpkg``, which ``eval-masks`` ignores).
+A file ``--out FILE.png`` (or ``.tif``) for one pair writes exactly that file, and its extras beside it:
+``FILE_prob.png``, ``FILE_overlay.png``, ``FILE_label1.png``, ``FILE_label2.png``, and exactly the ``--vector``
+file. GeoTIFF outputs are Cloud Optimized GeoTIFFs with nodata set (:mod:`changekit.raster.writer`).
 """
 
 from __future__ import annotations
@@ -36,6 +45,8 @@ GEO_SUFFIXES = (".tif", ".tiff")
 SEMANTIC_FOLDERS = {"mask": "change", "sem_a": "label1", "sem_b": "label2"}
 #: Extras beside the masks: output key -> suffix of the sibling folder (``OUT_prob``) or file (``FILE_prob``).
 EXTRAS = {"prob": "prob", "overlay": "overlay"}
+#: Files of a GeoTIFF scene in a folder ``--out``: output key -> ``<name>_<tag>`` (see the module docstring).
+SCENE_TAGS = {"mask": "change", "prob": "prob", "sem_a": "sem_a", "sem_b": "sem_b"}
 
 
 def mask_suffix(input_path: Path) -> str:
@@ -73,14 +84,15 @@ class PredictionLayout:
                               f"(e.g. --out {out.with_suffix('')})")
         return cls(out, single, semantic, prob, overlay, Path(vector) if vector is not None else None)
 
-    def roots(self, with_overlay: bool | None = None) -> dict[str, Path]:
+    def roots(self, with_overlay: bool | None = None, plain_pairs: bool = True) -> dict[str, Path]:
         """The top-level outputs, each guarded before work starts and written atomically.
 
         Folder mode: ``mask`` (the ``--out`` folder) and the extras' sibling folders. File mode: every file.
-        ``with_overlay=False`` leaves the overlay out (no pair can have one: GeoTIFF inputs).
+        ``with_overlay=False`` leaves the overlay out (no pair can have one: GeoTIFF inputs); ``plain_pairs=False``
+        (every pair is a GeoTIFF scene, whose files all lie in ``OUT``) leaves out every sibling folder.
         """
         overlay = self.overlay if with_overlay is None else self.overlay and with_overlay
-        wanted = {"prob": self.prob, "overlay": overlay}
+        wanted = {"prob": self.prob and (plain_pairs or self.single_file), "overlay": overlay}
         out = self.out
         if not self.single_file:
             plain = out.name not in ("", ".", "..")  # '.', '..': name the siblings after the resolved folder
@@ -109,6 +121,12 @@ class PredictionLayout:
         if self.single_file:
             return dict(roots)
         mask_root = roots["mask"]
+        if suffix.lower() in GEO_SUFFIXES:  # a scene: every file named after the pair, in OUT
+            keys = ["mask", *(["prob"] if self.prob else []), *(["sem_a", "sem_b"] if self.semantic else [])]
+            files = {k: mask_root / f"{stem}_{SCENE_TAGS[k]}{suffix}" for k in keys}
+            if self.vector is not None:
+                files["vector"] = mask_root / f"{stem}_{SCENE_TAGS['mask']}{self.vector.suffix}"
+            return files
         files = {"mask": mask_root / f"{stem}{suffix}"}
         if self.semantic:
             files = {k: mask_root / folder / f"{stem}{suffix}" for k, folder in SEMANTIC_FOLDERS.items()}

@@ -179,7 +179,7 @@ class _PairsRunner:
 
     def _run(self, job: PairJob, start: float) -> PairResult:
         opt, layout = self.options, self.layout(job)
-        roots = layout.roots()
+        roots = layout.roots(plain_pairs=job.a.suffix.lower() not in GEO_SUFFIXES)
         extra = product_roots(layout, opt)
         suffix = layout.out.suffix if layout.single_file else mask_suffix(job.a)
         final = layout.files(job.name, suffix, roots)
@@ -242,7 +242,8 @@ def predict_pairs(ckpt: str | Path, pairs: str | Path, out: str | Path, options:
         session = PredictSession(ckpt, opt)
         mine = ranks.share(jobs)
         layout = PredictionLayout.plan(out, 2, session.semantic, opt.save_prob, opt.save_overlay)
-        for root in layout.roots().values():  # made up front: ranks then only ever move files into them
+        plain = any(j.a.suffix.lower() not in GEO_SUFFIXES for j in jobs)
+        for root in layout.roots(plain_pairs=plain).values():  # made up front: ranks then only move files in
             make_dirs(root)
             sweep_stale_temps(root.parent)
         tiles = [session.tiles(j.a) for j in mine]

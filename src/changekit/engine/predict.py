@@ -93,7 +93,7 @@ def predict(
         session.check_bands(fa, fb)
     layout = PredictionLayout.plan(out, len(pairs), session.semantic, opt.save_prob, opt.save_overlay, opt.vector)
     geo = [stem for stem, fa, _ in pairs if fa.suffix.lower() in GEO_SUFFIXES]
-    roots = layout.roots(with_overlay=len(geo) < len(pairs))
+    roots = layout.roots(with_overlay=len(geo) < len(pairs), plain_pairs=len(geo) < len(pairs))
     for path in roots.values():
         check_output(path, inputs=[a, b, ckpt], overwrite=opt.overwrite,
                      kind="file" if layout.single_file else "folder")
