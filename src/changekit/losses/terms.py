@@ -1,45 +1,17 @@
-"""Loss functions with ignore handling, and the config-built composite loss the engine optimises.
+"""The pixel loss terms (``bce``, ``ce``, ``ohem_ce``, ``focal``, ``dice``) and their shared target handling.
 
-Logit layouts (``ChangeOutput.change`` may have 1 or K channels):
-
-* ``bce``: binary cross-entropy on a sigmoid logit. 1-channel logits are used as is; 2-channel logits use
-  ``l1 - l0`` (whose sigmoid is softmax channel 1, so this equals 2-class ``ce``).
-* ``ce``: softmax cross-entropy over K channels. A 1-channel logit ``l`` is read as the two-class logits
-  ``[0, l]`` (softmax of which is ``[1 - sigmoid(l), sigmoid(l)]``).
-* ``focal``: softmax focal loss ``-alpha (1 - p_t)^gamma log p_t`` (MISGNet's form: one scalar alpha for all
-  classes), mean over valid pixels; 1-channel logits are read as ``[0, l]`` as for ``ce``.
-* ``ohem_ce``: ``ce`` over the hard pixels only (mmseg's ``OHEMPixelSampler``: true-class probability below
-  ``thresh``, at least ``min_kept`` per image; see :class:`OHEMCELoss`).
-* ``dice``: ``mode="binary"`` scores the change probability (sigmoid, or softmax channel 1) against
-  ``target == 1``; ``mode="multiclass"`` averages the dice of every class over softmax probabilities
-  (MISGNet's ``1 - mean_c 2 sum(p y) / (sum(p + y) + eps)``). Sums run over all pixels of the batch.
-  ``skip_empty=True`` scores classes absent from the target as 0 loss (smp's ``DiceLoss`` behaviour, which
-  ClearSCD uses).
-
-``pos_weight: auto`` (``bce``) and ``class_weights: auto`` (``ce``, ``ohem_ce`` has none) are resolved from the
-training labels' change share ``s`` before a run starts (:func:`resolve_auto_weights`): ``pos_weight = (1 - s) /
-s`` and ``class_weights = [1 / (2 (1 - s)), 1 / (2 s)]`` (inverse class frequency, as Daudt et al. 2018 weight
-their loss), and the numbers replace ``auto`` in the run's config.
-
-Every loss ignores pixels whose target equals ``ignore_index`` (default 255), and a batch with no valid pixel
-gives a loss of exactly 0 (still attached to the graph), never NaN. Losses compute in float32 whatever the
-logits' dtype.
+See :mod:`changekit.losses` for the logit layouts each term accepts.
 """
 
 from __future__ import annotations
 
-import inspect
-import logging
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import ConfigError, LabelValueError, suggest
-from .models.outputs import ChangeOutput
-
-log = logging.getLogger(__name__)
+from ..errors import ConfigError, LabelValueError
 
 TARGETS = {"change": ("change", "mask"), "sem_a": ("sem_a", "sem_a"), "sem_b": ("sem_b", "sem_b")}
 
@@ -281,148 +253,3 @@ class DiceLoss(nn.Module):
         if self.skip_empty:
             loss = loss * (present > 0)
         return loss.mean() * valid.any()
-
-
-AUTO_PARAMS = {"bce": "pos_weight", "ce": "class_weights"}  # parameters that accept ``auto``
-
-
-def auto_terms(spec: list[dict[str, Any]] | dict[str, Any]) -> list[int]:
-    """Indices of the loss entries with an ``auto`` weight still to resolve."""
-    entries = [spec] if isinstance(spec, dict) else spec
-    return [i for i, e in enumerate(entries)
-            if isinstance(e, dict) and e.get(AUTO_PARAMS.get(str(e.get("name")), "")) == "auto"]
-
-
-def resolve_auto_weights(spec: list[dict[str, Any]], change_share: float, key: str = "loss") -> list[str]:
-    """Replace ``auto`` weights in ``spec`` (in place) by numbers from the change share of the training labels.
-
-    Args:
-        spec: the config's loss entries.
-        change_share: changed pixels / labelled pixels of the training set.
-        key: config key named in messages.
-
-    Returns:
-        One line per resolved value (``loss[0].pos_weight = 48.6``), for the log.
-
-    Raises:
-        ConfigError: the training labels hold no change (or nothing but change), so no weight follows.
-    """
-    done = []
-    for i in auto_terms(spec):
-        param = AUTO_PARAMS[spec[i]["name"]]
-        if not 0.0 < change_share < 1.0:
-            raise ConfigError(f"{key}[{i}].{param}: auto needs both changed and unchanged pixels in the training "
-                              f"labels (data.train), found a change share of {change_share:.4g}; give a number")
-        if param == "pos_weight":
-            spec[i][param] = round((1 - change_share) / change_share, 4)
-        else:
-            spec[i][param] = [round(0.5 / (1 - change_share), 4), round(0.5 / change_share, 4)]
-        done.append(f"{key}[{i}].{param} = {spec[i][param]} (training change share {change_share:.4f})")
-    return done
-
-
-LOSSES: dict[str, type[nn.Module]] = {"bce": BCELoss, "ce": CELoss, "dice": DiceLoss, "focal": FocalLoss,
-                                      "ohem_ce": OHEMCELoss}
-
-
-class CompositeLoss(nn.Module):
-    """A weighted sum of loss terms, each comparing one model output with one batch key.
-
-    Built by :func:`build_loss`. ``forward`` returns the total and the unweighted value of every term
-    (detached, for logging) under names like ``focal``, ``dice``, ``ce_sem_a`` (a repeated name gets ``_2``).
-    """
-
-    def __init__(self, terms: list[tuple[str, float, str, nn.Module]]) -> None:
-        super().__init__()
-        if not terms:
-            raise ConfigError("loss: at least one loss term is required")
-        self.names = [t[0] for t in terms]
-        self.weights = [t[1] for t in terms]
-        self.targets = [t[2] for t in terms]
-        self.terms = nn.ModuleList([t[3] for t in terms])
-
-    def forward(self, output: ChangeOutput, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Total loss and the per-term values for a model ``output`` and its ``batch``."""
-        weighted: list[torch.Tensor] = []
-        parts: dict[str, torch.Tensor] = {}
-        for name, weight, target, term in zip(self.names, self.weights, self.targets, self.terms, strict=True):
-            out_attr, batch_key = TARGETS[target]
-            logits = getattr(output, out_attr)
-            if logits is None:
-                raise ConfigError(f"loss term '{name}' targets '{target}' but the model returns no {out_attr} logits")
-            if batch_key not in batch:
-                raise ConfigError(f"loss term '{name}' needs batch key '{batch_key}', which the dataset does not give")
-            try:
-                value = term(logits, batch[batch_key])
-            except LabelValueError as exc:
-                raise LabelValueError(f"loss term '{name}', batch key '{batch_key}': {exc}") from exc
-            parts[name] = value.detach()
-            weighted.append(weight * value)
-        return torch.stack(weighted).sum(), parts
-
-    def extra_repr(self) -> str:  # noqa: D102
-        return ", ".join(f"{n}*{w:g}->{t}" for n, w, t in zip(self.names, self.weights, self.targets, strict=True))
-
-
-def build_loss(spec: list[dict[str, Any]], key: str = "loss") -> CompositeLoss:
-    """Build a :class:`CompositeLoss` from config entries.
-
-    Each entry is ``{name, weight=1.0, target="change", **params}``, e.g.
-    ``[{"name": "focal", "weight": 0.5, "alpha": 0.2, "gamma": 2}, {"name": "dice", "mode": "multiclass"},
-    {"name": "ce", "target": "sem_a", "ignore_index": 9}]``. ``target`` picks ``output.change`` vs
-    ``batch["mask"]``, ``output.sem_a`` vs ``batch["sem_a"]`` or ``output.sem_b`` vs ``batch["sem_b"]``.
-
-    Args:
-        spec: the list of entries.
-        key: the config key the list came from, used in error messages.
-
-    Raises:
-        ConfigError: unknown loss name, target or parameter, or a bad value (the message names the entry).
-    """
-    if isinstance(spec, dict):
-        spec = [spec]
-    if not isinstance(spec, list) or not spec:
-        raise ConfigError(f"{key}: expected a non-empty list of loss entries, got {spec!r}")
-    terms: list[tuple[str, float, str, nn.Module]] = []
-    seen: dict[str, int] = {}
-    for i, entry in enumerate(spec):
-        where = f"{key}[{i}]"
-        if not isinstance(entry, dict) or "name" not in entry:
-            raise ConfigError(f"{where}: expected a mapping with a 'name' key, got {entry!r}")
-        params = dict(entry)
-        name = params.pop("name")
-        if name not in LOSSES:
-            raise ConfigError(f"{where}: unknown loss '{name}'{suggest(str(name), LOSSES)}; known: {', '.join(LOSSES)}")
-        try:
-            weight = _number("weight", params.pop("weight", 1.0))
-        except ConfigError as exc:
-            raise ConfigError(f"{where} ({name}): {exc}") from exc
-        target = params.pop("target", "change")
-        if target not in TARGETS:
-            raise ConfigError(
-                f"{where} ({name}): unknown target '{target}'{suggest(str(target), TARGETS)}; "
-                f"known: {', '.join(TARGETS)}"
-            )
-        if params.get(AUTO_PARAMS.get(name, "")) == "auto":
-            if target != "change":
-                raise ConfigError(f"{where} ({name}): {AUTO_PARAMS[name]}: auto is computed from the change mask; "
-                                  f"give numbers for target '{target}'")
-            params[AUTO_PARAMS[name]] = None  # resolved from the training labels before training (auto_terms)
-        cls = LOSSES[name]
-        allowed = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
-        for p in params:
-            if p not in allowed:
-                raise ConfigError(
-                    f"{where} ({name}): unknown parameter '{p}'{suggest(str(p), allowed + ['weight', 'target'])}; "
-                    f"accepted: {', '.join(['weight', 'target'] + allowed)}"
-                )
-        try:
-            module = cls(**params)
-        except ConfigError as exc:
-            raise ConfigError(f"{where} ({name}): {exc}") from exc
-        base = name if target == "change" else f"{name}_{target}"
-        seen[base] = seen.get(base, 0) + 1
-        label = base if seen[base] == 1 else f"{base}_{seen[base]}"
-        terms.append((label, weight, target, module))
-    log.debug("built loss %s", [(n, w, t) for n, w, t, _ in terms])
-    return CompositeLoss(terms)
