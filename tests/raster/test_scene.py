@@ -168,3 +168,24 @@ def test_eval_masks_reads_a_scene_folder(tmp_path: Path) -> None:
     res = eval_masks(tmp_path / "pred", tmp_path / "gt")
     assert res["num_images"] == 2 and int(np.sum(res["confusion"])) == 128
     assert res["confusion"] == [[32, 32], [32, 32]]
+
+
+def test_eval_masks_semantic_reads_a_scene_folder(tmp_path: Path) -> None:
+    from changekit.data.io import write_png
+    from changekit.evaluation import eval_masks
+    from changekit.raster.writer import RasterWriter
+
+    rng = np.random.default_rng(0)
+    la, lb = rng.integers(0, 3, (2, 16, 16)).astype(np.uint8)
+    change = np.where(la != lb, 255, 0).astype(np.uint8)
+    for sub in ("label1", "label2", "change"):
+        (tmp_path / "gt" / sub).mkdir(parents=True)
+    write_png(tmp_path / "gt" / "label1" / "x.png", la)
+    write_png(tmp_path / "gt" / "label2" / "x.png", lb)
+    write_png(tmp_path / "gt" / "change" / "x.png", change)
+    (tmp_path / "pred").mkdir()
+    for tag, arr, kind in (("sem_a", la, "classes"), ("sem_b", lb, "classes"), ("change", change, "mask")):
+        with RasterWriter(tmp_path / "pred" / f"x_{tag}.tif", 16, 16, kind) as w:
+            w.write(0, arr)
+    res = eval_masks(tmp_path / "pred", tmp_path / "gt", task="semantic", num_classes=3)
+    assert res["num_images"] == 1 and res["sek"] == pytest.approx(1.0) and res["fscd"] == pytest.approx(1.0)
