@@ -197,3 +197,18 @@ def test_summary_for_one_pair_beside_the_file(ws: Path) -> None:
     s = json.loads((ws / "one_summary.json").read_text())
     assert s["name"] == "s0_a" and s["outputs"] == {"mask": str(ws / "one.tif")}
     assert sorted(p.name for p in ws.iterdir()) == ["model.ckpt", "one.tif", "one_summary.json", "pairs.csv", "scenes"]
+
+
+def test_polygon_count_comes_from_the_vector_file_when_asked(ws: Path) -> None:
+    import pyogrio
+
+    run = predict_pairs(ws / "model.ckpt", ws / "pairs.csv", ws / "pred", vector="polys.gpkg", min_area=2.0, **OPTS)
+    assert [r.status for r in run.results] == ["done"] * 3
+    s = json.loads((ws / "pred" / "s0_a_summary.json").read_text())
+    vec = Path(s["outputs"]["vector"])
+    assert vec.is_file() and s["polygons_from"] == f"vector file {vec.name}"
+    assert s["polygons"] == pyogrio.read_info(vec)["features"] > 0
+    with rasterio.open(ws / "pred" / Path(s["outputs"]["mask"]).name) as ds:
+        from scipy import ndimage
+
+        assert s["polygons"] < ndimage.label(ds.read(1) == 255)[1]  # min_area left the single pixels out
