@@ -6,6 +6,7 @@ The model is the pointwise test model (no training); scenes are small GeoTIFFs i
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -212,3 +213,43 @@ def test_polygon_count_comes_from_the_vector_file_when_asked(ws: Path) -> None:
         from scipy import ndimage
 
         assert s["polygons"] < ndimage.label(ds.read(1) == 255)[1]  # min_area left the single pixels out
+
+
+def test_a_killed_run_leaves_finished_pairs_only_and_the_rerun_completes(ws: Path) -> None:
+    import signal
+    import subprocess
+    import time
+
+    out = ws / "pred"
+    script = (
+        "import sys, time\n"
+        f"sys.path.insert(0, {str(TESTS)!r})\n"
+        "import pointwise_ckpt\n"
+        "import changekit.engine.pairs as P\n"
+        "real = P.run_pair\n"
+        "def slow(session, name, *args, **kw):\n"
+        "    summary = real(session, name, *args, **kw)\n"
+        "    if name == 's1_a':\n"
+        "        time.sleep(300)  # killed here: s1_a complete under temporary names only\n"
+        "    return summary\n"
+        "P.run_pair = slow\n"
+        "from changekit.cli import main\n"
+        f"main(['predict', '--ckpt', {str(ws / 'model.ckpt')!r}, '--pairs', {str(ws / 'pairs.csv')!r}, "
+        f"'--out', {str(out)!r}, '--tile', '64', '--overlap', '16', '--report'])\n"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "NO_ALBUMENTATIONS_UPDATE": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", script], env=env, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline and not any(p.name.startswith(".pred") and any(p.rglob("s1_a*"))
+                                                 for p in ws.iterdir()):
+            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+            time.sleep(0.2)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert sorted(p.name for p in out.iterdir()) == ["s0_a_change.tif", "s0_a_report.html", "s0_a_summary.json"]
+    assert [p.name for p in ws.iterdir() if p.name.startswith(".pred")]  # the killed pair's temporary folder
+    run = predict_pairs(ws / "model.ckpt", ws / "pairs.csv", out, report=True, **OPTS)
+    assert [r.status for r in run.results] == ["skipped", "done", "done"]
+    assert not [p for p in ws.iterdir() if p.name.startswith(".")]  # swept
