@@ -162,6 +162,12 @@ def _percentile(rows: list[dict[str, Any]], p: float, source: str) -> np.ndarray
     return np.asarray(out, np.float64)
 
 
+def _kept(row: dict[str, Any], percents: set[float]) -> dict[str, Any]:
+    """A statistics row with only the percentiles a resolved normalisation uses (the checkpoint stays small)."""
+    kept = {k: v for k, v in row["percentiles"].items() if float(k) in percents}
+    return {**{k: v for k, v in row.items() if k != "percentiles"}, "percentiles": kept}
+
+
 # ---------------------------------------------------------------------------------------------- resolution
 def resolve_normalisation(data: dict[str, Any], dtype: Any, stats: list[dict[str, Any]] | None = None,
                           stats_source: str = "the training data") -> Any:
@@ -183,8 +189,9 @@ def resolve_normalisation(data: dict[str, Any], dtype: Any, stats: list[dict[str
     dtype = np.dtype(dtype)
     bands = parse_bands(data.get("bands"))
     radiometric = check_radiometric(data.get("radiometric") or "none")
+    keep = {1.0, 50.0, 99.0} | ({req.low, req.high} if req.mode == "percentile" else set())
     common = dict(bands=bands, radiometric=radiometric, dtype=dtype.name, request=req.text(),
-                  stats=tuple(stats) if stats is not None else None)
+                  stats=None if stats is None else tuple(_kept(row, keep) for row in stats))
     if radiometric == "standardize":
         if req.mode != "auto":
             raise ConfigError(f"data.normalize: '{req.text()}' cannot be combined with data.radiometric: "
