@@ -45,6 +45,10 @@ Threshold = Annotated[Optional[float], typer.Option(help="change probability abo
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="replace existing outputs")]
 Bands = Annotated[Optional[str], typer.Option(help="1-based bands of the inputs to read, in the model's order, e.g. "
                                                    "4,3,2 [default: the checkpoint's data.bands]")]
+Align = Annotated[bool, typer.Option("--align", help="warp B onto A's grid as it is read (CRS, resolution, extent; "
+                                                     "outside B is nodata)")]
+Resampling = Annotated[Optional[str], typer.Option(help="--align resampling: nearest, bilinear (default), cubic, "
+                                                        "lanczos, average, mode, ...")]
 
 
 @app.command()
@@ -75,6 +79,7 @@ def test(
     threshold: Threshold = None, overwrite: Overwrite = False,
     tile_tags: TileTags = False, clip_model: ClipModel = "ViT-B-16", clip_weights: ClipWeights = None,
     clip_classes: ClipClasses = None, bands: Bands = None,
+    align: Align = False, resampling: Resampling = None,
 ) -> None:
     """Evaluate a checkpoint: OUT/metrics.json and OUT/report.html."""
     from .engine.evaluate import format_test_summary
@@ -82,7 +87,7 @@ def test(
 
     res = _test(ckpt, out, data=data, batch_size=batch_size, report=not no_report, tile_tags=tile_tags,
                 clip_model=clip_model, clip_weights=clip_weights, clip_classes=clip_classes, threshold=threshold,
-                overwrite=overwrite, bands=bands)
+                overwrite=overwrite, bands=bands, align=align, resampling=resampling)
     typer.echo(format_test_summary(res))
     typer.echo(f"metrics: {out / 'metrics.json'}")
 
@@ -117,10 +122,7 @@ def predict(
     report: Annotated[bool, typer.Option("--report", help="also write a self-contained <name>_report.html per "
                                                           "pair (implies --summary)")] = False,
     bands: Bands = None,
-    align: Annotated[bool, typer.Option("--align", help="warp B onto A's grid as it is read (CRS, resolution, "
-                                                        "extent; outside B is nodata)")] = False,
-    resampling: Annotated[str, typer.Option(help="--align resampling: nearest, bilinear, cubic, lanczos, ...")
-                          ] = "bilinear",
+    align: Align = False, resampling: Resampling = None,
     compress: Annotated[str, typer.Option(help="COG compression: deflate, zstd or lzw")] = "deflate",
     vector: Annotated[Optional[Path], typer.Option(help="also write change polygons (.gpkg, .geojson, .parquet) "
                                                         "with areas and probabilities")] = None,
@@ -138,7 +140,7 @@ def predict(
                              save_prob=prob, save_overlay=overlay, device=device, amp=amp, tile_tags=tile_tags,
                              clip_model=clip_model, clip_weights=clip_weights, clip_classes=clip_classes,
                              overwrite=overwrite, runtime=runtime, summary=summary, report=report, bands=bands,
-                             align=align, resampling=resampling, compress=compress, vector=vector,
+                             align=align, resampling=resampling or "bilinear", compress=compress, vector=vector,
                              min_area=min_area, simplify=simplify)
     if (pairs is None) == (a is None and b is None) or (pairs is None and (a is None or b is None)):
         raise typer.BadParameter("give --a and --b, or --pairs", param_hint="--pairs")

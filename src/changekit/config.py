@@ -78,6 +78,10 @@ DEFAULTS: dict[str, Any] = {
         "stats": None,
         "radiometric": "none",
         "resolved_normalize": None,
+        # date B warped onto date A's grid as it is read (another CRS, resolution or extent; docs/scenes.md), and
+        # its resampling (nearest | bilinear | cubic | cubic_spline | lanczos | average | mode)
+        "align": False,
+        "resampling": "bilinear",
     },
     "loss": [{"name": "ce"}],
     "optim": {

@@ -95,6 +95,16 @@ def _radiometry(parse: str) -> Any:
     return check
 
 
+def check_resampling(key: str, value: Any) -> Any:
+    """``data.resampling``: a resampling method of the raster layer (``changekit.raster.reader.RESAMPLINGS``)."""
+    from .raster.reader import RESAMPLINGS
+
+    if value not in RESAMPLINGS:
+        raise config_error(key, f"{show(value)} is not one of {', '.join(RESAMPLINGS)}"
+                                f"{suggest(str(value), RESAMPLINGS)}")
+    return value
+
+
 def _resolved_normalize(key: str, value: Any) -> Any:
     """``data.resolved_normalize``: null, or the mapping training writes (checked by ``data.normalize``)."""
     if value is not None:
@@ -174,6 +184,8 @@ SCHEMA: dict[str, Any] = {
         "stats": PATH,
         "radiometric": _radiometry("radiometric"),
         "resolved_normalize": _resolved_normalize,
+        "align": Bool(),
+        "resampling": check_resampling,
     },
     "loss": _loss_terms,
     "optim": {

@@ -72,3 +72,27 @@ def test_folder_run_writes_polygons_beside_each_mask(tmp_path: Path, capsys: pyt
     assert rc == 0, err
     assert sorted(p.name for p in (tmp_path / "pred").iterdir()) == ["s1_change.parquet", "s1_change.tif",
                                                                     "s2_change.parquet", "s2_change.tif"]
+
+
+def test_test_command_aligns_b_onto_a(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """test --align: date B on another CRS and resolution is warped onto A's grid (labels lie on A's grid)."""
+    from changekit.data.io import write_png
+
+    root = tmp_path / "data"
+    for sub in ("A", "B", "label"):
+        (root / sub).mkdir(parents=True)
+    pa = write_tif(root / "A" / "x.tif", smooth(48, 48, scale=1.0, dtype=np.float32))
+    _reprojected(pa, root / "B" / "x.tif", "EPSG:3035", 12.0, cols=48)
+    label = np.zeros((48, 48), np.uint8)
+    label[10:20, 10:30] = 255
+    write_png(root / "label" / "x.png", label)
+    ckpt = pointwise_checkpoint(tmp_path / "model.ckpt")
+    rc, _, err = _run(capsys, "test", "--ckpt", ckpt, "--data", root, "--out", tmp_path / "e0", "--no-report")
+    assert rc == 2 and "x.tif" in err and not (tmp_path / "e0").exists()
+    rc, _, err = _run(capsys, "test", "--ckpt", ckpt, "--data", root, "--out", tmp_path / "e1", "--no-report",
+                      "--align", "--resampling", "bilinear")
+    assert rc == 0, err
+    import json
+
+    scored = int(np.sum(json.loads((tmp_path / "e1" / "metrics.json").read_text())["confusion"]))
+    assert 0.9 * 48 * 48 < scored <= 48 * 48  # pixels outside B's footprint (its warped edge) are not scored

@@ -93,23 +93,24 @@ def _crs_text(crs: Any) -> str:
 
 def inspect_pair(rec: PairRecord, check_values: bool = True, decode_images: bool = False,
                  ignore_index: int = 255, num_classes: int | None = None, want_dtype: bool = False,
-                 palette: LabelPalette | None = None) -> PairInfo:
+                 palette: LabelPalette | None = None, align: bool = False) -> PairInfo:
     """Every problem of one pair (collected, never raised) plus what a summary needs.
 
     ``decode_images`` also decodes both images: a broken file, and NaN or infinite pixels in float imagery
-    (which ``train`` and ``test`` treat as nodata and ``predict`` zeroes), are problems then.
+    (which ``train`` and ``test`` treat as nodata and ``predict`` zeroes), are problems then. ``align``
+    (``data.align``): date B is warped onto date A's grid when read, so its size and CRS may differ.
     """
     info = PairInfo(rec.stem)
     try:
         ha, wa, ca, info.dtype, crs_a = _meta(rec.a, want_dtype)
         info.size, info.channels = (ha, wa), ca
         hb, wb, cb, _, crs_b = _meta(rec.b, False)
-        if (ha, wa) != (hb, wb):
+        if (ha, wa) != (hb, wb) and not align:
             info.errors.append(SizeMismatchError(f"{rec.a} is {size_text((ha, wa, ca), 'A')} but {rec.b} is "
                                                  f"{size_text((hb, wb, cb), 'B')} (H x W x bands)"))
         if ca != cb:
             info.errors.append(SizeMismatchError(f"{rec.a} has {ca} band(s) but {rec.b} has {cb}"))
-        if crs_a != crs_b:
+        if crs_a != crs_b and not align:
             info.errors.append(SizeMismatchError(
                 f"{rec.a} (CRS {_crs_text(crs_a)}) and {rec.b} (CRS {_crs_text(crs_b)}) have different CRSs; "
                 "reproject one onto the other's grid"))
@@ -199,7 +200,8 @@ class ValidationReport:
 
 def validate_pairs(records: Sequence[PairRecord], task: str = "binary", check_values: bool = True,
                    ignore_index: int = 255, num_classes: int | None = None,
-                   workers: int | None = None, palette: LabelPalette | None = None) -> ValidationReport:
+                   workers: int | None = None, palette: LabelPalette | None = None,
+                   align: bool = False) -> ValidationReport:
     """Check sizes, channels, CRSs (always) and label values (``check_values``) of every pair.
 
     ``task="semantic"`` also requires class maps on every labelled pair. Semantic values are checked against
@@ -215,7 +217,7 @@ def validate_pairs(records: Sequence[PairRecord], task: str = "binary", check_va
     if task == "semantic":
         require_semantic(records)
     infos = inspect_pairs(records, workers=workers, check_values=check_values, ignore_index=ignore_index,
-                          num_classes=num_classes, palette=palette)
+                          num_classes=num_classes, palette=palette, align=align)
     errors = [e for info in infos for e in info.errors]
     if errors:
         first = errors[0]

@@ -21,6 +21,7 @@ for integer data other than 8-bit, which a resolved normalisation never divides 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -84,6 +85,8 @@ class ChangeDataset(Dataset):
             ``mean`` / ``std`` / ``value_scale``.
         check_range: warn (once per file) when an image's values lie far outside the normalisation's training
             statistics (evaluation sets: a checkpoint given data of another sensor or product).
+        align, resampling: ``data.align``: warp each date B onto its date A's grid as it is read (another CRS,
+            resolution or extent), with this resampling; pixels B does not cover are nodata (labels ignored).
     """
 
     def __init__(
@@ -108,6 +111,8 @@ class ChangeDataset(Dataset):
         label_palette: Any = None,
         normalisation: Normalisation | None = None,
         check_range: bool = False,
+        align: bool = False,
+        resampling: str = "bilinear",
     ) -> None:
         if task not in TASKS:
             raise ConfigError(f"task '{task}' is unknown; use one of {', '.join(TASKS)}")
@@ -127,6 +132,7 @@ class ChangeDataset(Dataset):
         self.mean = np.asarray(self.norm.mean, np.float32)
         self.std = np.asarray(self.norm.std, np.float32)
         self.check_range = check_range
+        self.align, self.resampling = align, resampling
         self._checked: set[Path] = set()
         self._maps: dict[int, tuple[BandMap | None, BandMap | None]] = {}
         self.palette = LabelPalette.parse(label_palette)
@@ -151,7 +157,7 @@ class ChangeDataset(Dataset):
         if validate or decide:
             report = validate_pairs(self.records, task=task, check_values=check_values or decide,
                                     ignore_index=ignore_index, num_classes=num_classes, workers=workers,
-                                    palette=self.palette)
+                                    palette=self.palette, align=align)
             if decide and report.encoding is not None:
                 self.label_encoding = report.encoding
             if report.channels is not None:  # the bands a reader gives (image_size), not the header's count
@@ -218,7 +224,7 @@ class ChangeDataset(Dataset):
         if self.cache and i in self._cache:
             return self._cache[i]
         rec = self.records[i]
-        (a, nodata_a), (b, nodata_b) = self._read(rec.a), self._read(rec.b)
+        (a, nodata_a), (b, nodata_b) = self._read(rec.a), self._read(rec.b, rec.a if self.align else None)
         out = {"image_a": a, "image_b": b}
         if a.shape[:2] != b.shape[:2]:
             raise SizeMismatchError(f"{rec.a} is {size_text(a.shape, 'A')} but {rec.b} is {size_text(b.shape, 'B')} "
@@ -287,15 +293,19 @@ class ChangeDataset(Dataset):
             raise ConfigError(f"{self.records[0].a}: {n} band(s), but data.mean and data.std have {len(self.mean)} "
                               f"values; set both with {n} values (or leave them unset)")
 
-    def _read(self, path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    def _read(self, path: Path, align_to: Path | None = None) -> tuple[np.ndarray, np.ndarray | None]:
         """The selected bands of an image ``(H, W, C)`` and its nodata mask (``None``: none).
 
         Nodata pixels take the mean of the image's valid pixels per band: a neutral value that every
         normalisation maps near 0, and that augmentations move with the image (their labels are ignored).
+        ``align_to`` (``data.align``): warp the image onto that image's grid as it is read.
         """
         from ..raster.reader import RasterReader
 
-        with RasterReader(path, bands=self.norm.bands) as reader:
+        with contextlib.ExitStack() as stack:
+            ref = stack.enter_context(RasterReader(align_to, bands=self.norm.bands)) if align_to else None
+            reader = stack.enter_context(RasterReader(path, bands=self.norm.bands, align_to=ref,
+                                                      resampling=self.resampling))
             data, valid = reader.read_valid()
         if self.check_range and path not in self._checked:
             self._checked.add(path)

@@ -31,6 +31,7 @@ def build_dataset(
         source, root=cfg["root"], layout=cfg["layout"], task=cfg["task"], transform=transform,
         check_values=cfg["check_values"], ignore_index=cfg["ignore_index"], label_palette=cfg.get("label_palette"),
         normalisation=Normalisation.from_data_config(cfg), check_range=split != "train",
+        align=bool(cfg.get("align")), resampling=cfg.get("resampling") or "bilinear",
     )
     return maybe_add_tags(dataset, cfg, split, extra_inputs)
 

@@ -102,14 +102,16 @@ def test(
     batch_size: int | None = None, num_workers: int | None = None, report: bool = True, samples: int = 8,
     accelerator: str = "auto", tile_tags: bool = False, clip_model: str = "ViT-B-16",
     clip_weights: str | Path | None = None, clip_classes: str | Path | None = None,
-    threshold: float | None = None, overwrite: bool = False, bands: Any = None,
+    threshold: float | None = None, overwrite: bool = False, bands: Any = None, align: bool = False,
+    resampling: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``ckpt`` on ``data`` (or the test split of its config).
 
     Pixels are normalised as in training (the checkpoint's ``data.resolved_normalize``: bands, scaling,
     ``data.radiometric``); ``bands`` (``--bands 4,3,2``) reads other band indices of the test files, for files
     whose bands are ordered or numbered otherwise than the training files. Test images far outside the training
-    statistics are warned about, naming the file.
+    statistics are warned about, naming the file. ``align`` (``--align``, ``resampling``) warps each date B onto
+    its date A's grid as it is read (``data.align``); outside B's footprint is nodata, not scored.
 
     ``threshold`` (default: the checkpoint's ``trainer.threshold``) turns change probabilities into the change
     map; the value used is recorded in ``metrics.json``. A folder written by ``changekit data tile`` (it holds
@@ -137,6 +139,12 @@ def test(
         cfg["data"]["root"] = str(root) if root is not None else None
     if cfg["data"]["test"] is None:
         raise ConfigError(f"{ckpt}: its config has no test split; pass --data DIR")
+    if align:
+        cfg["data"]["align"] = True
+    if resampling is not None:
+        from ..config_schema import check_resampling
+
+        cfg["data"]["resampling"] = check_resampling("--resampling", resampling)
     norm = with_input_bands(cfg, bands)
     first = first_image_bands({**cfg["data"], "bands": None}, "test")
     if first is not None:  # a missing band or another band count than the model's: one line naming both

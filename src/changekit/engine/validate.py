@@ -192,7 +192,8 @@ def _check_class_values(cfg: dict[str, Any], split: str, source: str, num_classe
 
     data = cfg["data"]
     found = discover(source, root=data["root"], layout=data["layout"], require_labels=True)
-    infos = inspect_pairs(found.records, check_values=True, ignore_index=int(data["ignore_index"]))
+    infos = inspect_pairs(found.records, check_values=True, ignore_index=int(data["ignore_index"]),
+                          align=bool(data.get("align")))
     errors = [e for info in infos for e in info.errors]
     if errors:
         raise errors[0]
