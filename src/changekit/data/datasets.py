@@ -196,10 +196,10 @@ class ChangeDataset(Dataset):
             if hint is not None:
                 arrays[CROP_HINT] = crop_hint_mask(arrays["image_a"].shape[:2], hint)
             arrays = self.transform(arrays)
-            arrays.pop(CROP_HINT, None)
             if not isinstance(arrays, dict) or not all(isinstance(arrays.get(k), np.ndarray)
                                                        for k in ("image_a", "image_b")):
                 raise ConfigError("transform must return a dict of numpy arrays with 'image_a' and 'image_b'")
+            arrays.pop(CROP_HINT, None)
         item: dict[str, Any] = {}
         for key, val in arrays.items():
             if key in ("image_a", "image_b"):
