@@ -241,7 +241,7 @@ class ChangeDataset(Dataset):
                 if key in out:
                     out[key] = np.where(nodata, np.uint8(value), out[key])
             log.debug("%s: %d nodata pixels ignored", rec.stem, int(nodata.sum()))
-        if self.norm.radiometric != "none":  # fitted on the whole pair, nodata excluded, before any crop
+        if self.norm.radiometric != "none" and i not in self._maps:  # the whole pair, nodata excluded, pre-crop
             valid = None if nodata is None else ~nodata
             self._maps[i] = self.norm.fit_pair(np.moveaxis(a, -1, 0), np.moveaxis(b, -1, 0), valid, valid)
         if self.cache:
@@ -319,7 +319,11 @@ class ChangeDataset(Dataset):
         return np.moveaxis(data, 0, -1), nodata
 
     def _pair_maps(self, i: int) -> tuple[BandMap | None, BandMap | None]:
-        """The radiometric maps :meth:`load_arrays` fitted for pair ``i`` (kept with the arrays when cached)."""
+        """The radiometric maps :meth:`load_arrays` fitted for pair ``i``, fitted once per pair and worker (histogram
+        tables only with ``cache``)."""
         if self.norm.radiometric == "none":
             return None, None
-        return self._maps[i] if self.cache else self._maps.pop(i)
+        maps = self._maps[i]
+        if not self.cache and not all(m is None or m.affine for m in maps):
+            del self._maps[i]  # histogram tables are large: kept with cached arrays only; affine maps always
+        return maps
