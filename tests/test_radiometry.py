@@ -221,3 +221,29 @@ def test_legacy_checkpoints_warn_instead_of_silently_scaling_uint16(caplog: pyte
         out = legacy.chw(np.full((1, 2, 2), 65535, np.uint16), "old.tif")
     np.testing.assert_allclose(out, 2.0)
     assert "old.tif: uint16 pixels divided by 65535" in caplog.text
+
+
+def test_dataset_fits_the_maps_on_whole_images_before_a_crop(tmp_path) -> None:
+    """Each crop is standardised with its whole image's statistics (a crop's own would erase its brightness)."""
+    from changekit.data.datasets import ChangeDataset
+    from changekit.data.io import write_geotiff, write_png
+    from changekit.data.transforms import build_transforms
+
+    a = _image(np.uint16, 3, size=64, high=3000)
+    a[:, :32] += 2000  # the left half is brighter: a crop's own statistics differ from the image's
+    write_geotiff(tmp_path / "A" / "p.tif", np.moveaxis(a, 0, -1))
+    write_geotiff(tmp_path / "B" / "p.tif", np.moveaxis((2 * a + 10).astype(np.uint16), 0, -1))
+    write_png(tmp_path / "label" / "p.png", np.zeros((64, 64), np.uint8))
+    norm = Normalisation(mean=(0.0,), std=(1.0,), scale=(1.0,), offset=(0.0,), mode="standardize",
+                         radiometric="standardize")
+    whole = (a - a.mean(axis=(1, 2), keepdims=True)) / a.std(axis=(1, 2), keepdims=True)
+    windows = np.lib.stride_tricks.sliding_window_view(whole, (24, 24), axis=(1, 2))  # (3, 41, 41, 24, 24)
+    crop = build_transforms([{"name": "random_crop", "size": 24}])
+    for cache in (False, True):
+        ds = ChangeDataset(tmp_path, transform=crop, normalisation=norm, cache=cache)
+        for _ in range(3):
+            item = ds[0]
+            np.testing.assert_allclose(item["image_b"], item["image_a"], atol=1e-3)  # B = 2A + 10 standardised
+            got = item["image_a"].numpy()
+            err = np.abs(windows - got[:, None, None]).max(axis=(0, 3, 4))
+            assert err.min() < 1e-3  # it is a window of the whole image's standardisation
