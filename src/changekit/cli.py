@@ -26,6 +26,7 @@ from .cli_usage import (
     show_missing_command,
     show_usage_error,
 )
+from .commands import Out, Overwrite
 from .errors import ChangekitError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -33,7 +34,6 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 data_app = typer.Typer(no_args_is_help=True, help="Data tools: check, tile, merge, lists, synth.")
 app.add_typer(data_app, name="data")
 
-Out = Annotated[Path, typer.Option("--out", "-o", help="output folder or file")]
 # ChangeCLIP's tags per tile (the seed's mm_slide), shared by predict and test
 TileTags = Annotated[bool, typer.Option("--tile-tags", help="ChangeCLIP: tag every tile with CLIP instead of "
                                                             "reading the tag files (the seed's mm_slide)")]
@@ -42,7 +42,6 @@ ClipWeights = Annotated[Optional[Path], typer.Option(help="--tile-tags: local CL
 ClipClasses = Annotated[Optional[Path], typer.Option(help="--tile-tags: class-name file (default: the 56)")]
 Threshold = Annotated[Optional[float], typer.Option(help="change probability above which a pixel is change, 0..1 "
                                                          "[default: the checkpoint's trainer.threshold]")]
-Overwrite = Annotated[bool, typer.Option("--overwrite", help="replace existing outputs")]
 Bands = Annotated[Optional[str], typer.Option(help="1-based bands of the inputs to read, in the model's order, e.g. "
                                                    "4,3,2 [default: the checkpoint's data.bands]")]
 Align = Annotated[bool, typer.Option("--align", help="warp B onto A's grid as it is read (CRS, resolution, extent; "
@@ -248,82 +247,6 @@ def demo(
                    "machine fits fewer training steps in the budget (try --minutes 5)")
     typer.echo(f"report: {res['report']}")
     typer.echo(f"large-scene prediction: {res['scene_mask']}")
-
-
-@data_app.command("check")
-def data_check(
-    source: Annotated[Path, typer.Argument(help="pair folder or path-list file")],
-    root: Annotated[Optional[Path], typer.Option(help="root for relative list paths")] = None,
-    layout: str = "auto",
-) -> None:
-    """Summarise a data set (pairs, sizes, change ratio) and list every problem found."""
-    from .data.check import check_dataset, format_summary
-
-    summary = check_dataset(source, root=root, layout=layout)
-    typer.echo(format_summary(summary))
-    if summary.get("problems"):
-        raise typer.Exit(code=1)
-
-
-@data_app.command("tile")
-def data_tile(
-    src: Annotated[Path, typer.Argument(help="pair folder (A/B/label, im1/im2/label1/label2, ...)")],
-    out: Out, size: int = 512, stride: Annotated[Optional[int], typer.Option()] = None,
-    layout: str = "auto", overwrite: Overwrite = False,
-    bands: Annotated[Optional[str], typer.Option(help="1-based bands to keep from both dates' images, e.g. 4,3,2 "
-                                                      "(labels are tiled whole)")] = None,
-) -> None:
-    """Cut every image of a pair folder into size x size tiles (ClearSCD's edge rule)."""
-    from .data.norm_config import parse_bands
-    from .data.tiling import tile_folder
-
-    tile_folder(src, out, size=size, stride=stride or size, layout=layout, overwrite=overwrite,
-                bands=parse_bands(bands, "--bands"))
-    typer.echo(f"tiled into {out} (positions in {out / 'tiles.json'})")
-
-
-@data_app.command("merge")
-def data_merge(
-    tiles: Annotated[Path, typer.Argument(help="folder of tile predictions")],
-    out: Out,
-    tiles_json: Annotated[Optional[Path], typer.Option(help="tiles.json written by `data tile`")] = None,
-    mode: Annotated[str, typer.Option(help="mean (average overlaps) or vote (majority class)")] = "mean",
-    rule: Annotated[str, typer.Option(help="0/255 masks: majority, or changeclip (the seed's merge)")] = "majority",
-    overwrite: Overwrite = False,
-) -> None:
-    """Stitch tile predictions back into full images, averaging overlaps."""
-    from .data.tiling import merge_tiles
-
-    files = merge_tiles(tiles, out, tiles_json=tiles_json, mode=mode, rule=rule, overwrite=overwrite)
-    typer.echo(f"merged {len(files)} image(s) into {out}")
-
-
-@data_app.command("lists")
-def data_lists(
-    root: Annotated[Path, typer.Argument(help="pair folder")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="list file")],
-    fmt: Annotated[str, typer.Option("--format", help="paths or stems")] = "paths",
-    absolute: bool = False, layout: str = "auto", overwrite: Overwrite = False,
-) -> None:
-    """Write a path list (A B label per line) or a stem list (it may lie inside the data folder)."""
-    from .data.lists import write_lists
-
-    write_lists(root, out, layout=layout, fmt=fmt, absolute=absolute, overwrite=overwrite)
-    typer.echo(f"wrote {out}")
-
-
-@data_app.command("synth")
-def data_synth(
-    out: Out, n: int = 100, size: int = 256, seed: int = 0,
-    semantic: Annotated[bool, typer.Option("--semantic", help="also write both dates' class maps")] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing set in --out (its pairs are "
-                                                                "deleted)")] = False,
-) -> None:
-    """Generate procedural bi-temporal scenes with exact change labels."""
-    from .data.synthetic import synthesize
-
-    synthesize(out, n=n, size=size, seed=seed, semantic=semantic, overwrite=overwrite)
-    typer.echo(f"wrote {n} pairs to {out}")
 
 
 def _register_plugins() -> None:

@@ -8,12 +8,14 @@ imports of heavy libraries inside the command functions so that ``changekit --he
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
 #: the ``--overwrite`` flag every writing command shares (see :func:`changekit.safety.check_output`)
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="replace existing outputs in --out")]
+Out = Annotated[Path, typer.Option("--out", "-o", help="output folder or file")]
 
 
 def sub_app(parent: typer.Typer, name: str, help: str) -> typer.Typer:  # noqa: A002 - typer's own word
