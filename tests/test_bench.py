@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from changekit.bench import benchmark, device_name, format_bench
+from changekit.bench import benchmark, count_gmacs, device_name, format_bench
 from changekit.errors import ConfigError
 from changekit.models.base import ChangeModel
 from changekit.models.outputs import ChangeOutput
@@ -66,8 +66,10 @@ def test_benchmark_by_registry_name() -> None:
     s = res["settings"]
     assert (s["size"], s["batch"], s["in_channels"], s["iters"], s["device"]) == (32, 2, 3, 1, "cpu")
     assert s["model_kwargs"] == {"num_classes": 0} and s["amp"] is False and s["amp_dtype"] is None
+    # multiply-adds of one pair: the 3x3 conv over 6 bands to 8 channels and the 1x1 conv to 2, at 32 x 32
+    assert res["gmacs_per_pair"] == pytest.approx((6 * 8 * 9 + 8 * 2) * 32 * 32 / 1e9)
     text = format_bench(res)
-    for part in ("_test_tiny_cd", "pairs/s", "training step", "2 x 3 x 32 x 32", res["device_name"]):
+    for part in ("_test_tiny_cd", "pairs/s", "training step", "2 x 3 x 32 x 32", res["device_name"], "GMACs"):
         assert part in text
 
 
@@ -111,3 +113,21 @@ def test_benchmark_rejects_bad_settings() -> None:
 def test_device_name_cpu() -> None:
     name = device_name("cpu")
     assert isinstance(name, str) and name
+
+
+def test_count_gmacs_of_a_model_with_extra_inputs_uses_its_dummy_extras_and_keeps_its_mode() -> None:
+    class WithTags(_TinyCD):
+        extra_inputs = ("tags_a",)
+
+        def example_extras(self, batch: int) -> dict[str, Any]:
+            return {"tags_a": [["x"]] * batch}
+
+        def forward(self, a: torch.Tensor, b: torch.Tensor, **extras: Any) -> ChangeOutput:
+            assert len(extras["tags_a"]) == a.shape[0]
+            return super().forward(a, b)
+
+    model = WithTags().train()
+    assert count_gmacs(model, size=16) == pytest.approx((6 * 8 * 9 + 8 * 2) * 16 * 16 / 1e9)
+    assert model.training
+    res = benchmark(model, size=16, batch=3, warmup=0, iters=1, train_step=False)
+    assert res["gmacs_per_pair"] == pytest.approx((6 * 8 * 9 + 8 * 2) * 16 * 16 / 1e9)

@@ -270,14 +270,15 @@ def test_tile_tagger_gives_the_tags_clip_tag_writes(data: Path, clip: Any) -> No
     from changekit.clip_tags import TileTagger
     from changekit.data.io import read_image
     from changekit.data.tags import image_tags
-    from changekit.engine.predict import _normalise
+    from changekit.data.normalize import Normalisation
 
     names = read_class_names()
     tag_dataset(data / "train", *clip, names, progress=False)
     mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
     tagger = TileTagger(*clip, names, top_k=9, mean=mean, std=std)
     images = sorted((data / "train" / "A").glob("*.png"))
-    tiles = torch.stack([_normalise(read_image(p), mean, std) for p in images])
+    norm = Normalisation(tuple(mean), tuple(std), scale=255.0, mode="scale")
+    tiles = torch.stack([norm.hwc(read_image(p)) for p in images])
     np.testing.assert_array_equal(tagger.to_uint8(tiles), np.stack([read_image(p) for p in images]))
     got = tagger(tiles, tiles.flip(0))
     assert got["tags_a"] == [image_tags(p) for p in images]

@@ -124,6 +124,40 @@ def _build(model_name_or_module: str | nn.Module, in_channels: int, model_kwargs
     return build_model(model_name_or_module, **kwargs)
 
 
+def count_gmacs(model: nn.Module, size: int = 256, in_channels: int = 3, extras: dict[str, Any] | None = None,
+                device: str | torch.device = "cpu") -> float:
+    """Multiply-adds (G) of one ``size`` x ``size`` pair in eval mode: ``FlopCounterMode``'s FLOPs halved.
+
+    Halving gives the multiply-add count that fvcore, thop and open-cd print as "FLOPs", so our figures sit beside
+    the published ones; convolutions, matrix products and attention are counted, element-wise operations not.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    dev = torch.device(device)
+    example = getattr(model, "example_extras", None)
+    kwargs = {**(example(1) if callable(example) else {}), **(extras or {})}
+    a = torch.zeros(1, in_channels, size, size, device=dev)
+    was_training = model.training
+    model.eval()
+    try:
+        with FlopCounterMode(display=False) as counter:  # with autograd: its module hooks fail without it
+            model(a, a.clone(), **kwargs)
+    finally:
+        model.train(was_training)
+    return counter.get_total_flops() / 2 / 1e9
+
+
+def _pair_gmacs(model: nn.Module, size: int, in_channels: int, extras: dict[str, Any], batch: int,
+                dev: torch.device) -> float | None:
+    """:func:`count_gmacs` of one pair: the model's own dummy extras of one pair, or the caller's when the batch is
+    1; ``None`` when a model needs extra inputs that cannot be cut to one pair."""
+    if callable(getattr(model, "example_extras", None)):
+        return count_gmacs(model, size, in_channels, None, dev)
+    if batch == 1 or not getattr(model, "extra_inputs", ()):
+        return count_gmacs(model, size, in_channels, extras if batch == 1 else None, dev)
+    return None
+
+
 def _train_loss(out: Any, labels: torch.Tensor, sem_labels: dict[str, torch.Tensor]) -> torch.Tensor:
     """Cross-entropy on the change logits (binary CE for one channel) plus CE on semantic logits if any."""
     change = out.change.float()
@@ -171,7 +205,8 @@ def benchmark(
 
     Returns:
         A dict with ``model``, ``task``, ``params``, ``infer_time_s`` (median per batch), ``infer_pairs_per_s``,
-        ``infer_times_s``, ``infer_peak_mem_mib``, ``train_step_s``, ``train_pairs_per_s``,
+        ``infer_times_s``, ``infer_peak_mem_mib``, ``gmacs_per_pair`` (:func:`count_gmacs`; ``None`` for a model
+        whose extra inputs cannot be made for one pair), ``train_step_s``, ``train_pairs_per_s``,
         ``train_peak_mem_mib`` (``None`` without ``train_step``), ``memory_method``, ``torch``, ``threads``,
         ``device_name``, ``python``, ``platform`` and ``settings`` (every argument as used).
     """
@@ -241,6 +276,7 @@ def _run(
         "model": name,
         "task": task,
         "params": sum(p.numel() for p in model.parameters()),
+        "gmacs_per_pair": _pair_gmacs(model, size, in_channels, extras, batch, dev),
         "infer_time_s": infer_s,
         "infer_pairs_per_s": batch / infer_s,
         "infer_times_s": infer_times,
@@ -314,6 +350,8 @@ def format_bench(result: dict[str, Any]) -> str:
     on_off = {True: "on", False: "off"}
     rows = [
         ("model", f"{result['model']} ({result['task']}, {result['params']:,} params)"),
+        ("compute", f"{result['gmacs_per_pair']:.2f} GMACs per {s['size']}x{s['size']} pair (FLOPs / 2)"
+                    if result.get("gmacs_per_pair") is not None else "not counted (extra inputs of one pair unknown)"),
         ("device", f"{s['device']}: {result['device_name']}"),
         ("software", f"torch {result['torch']}, python {result['python']}, {result['threads']} threads"),
         ("input", f"{s['batch']} x {s['in_channels']} x {s['size']} x {s['size']} per date"),

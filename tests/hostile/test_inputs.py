@@ -361,7 +361,7 @@ def test_geotransform_without_crs_survives_predict_tile_and_merge(tmp_path: Path
     rc, _, err = _run(capsys, ["predict", "--ckpt", ckpt, "--a", data / "A", "--b", data / "B", "--out",
                                tmp_path / "pred"])
     assert rc == 0, err
-    geo = read_image(tmp_path / "pred" / "p0.tif", with_geo=True)[1]
+    geo = read_image(tmp_path / "pred" / "p0_change.tif", with_geo=True)[1]
     assert geo.crs is None and geo.transform == transform
     rc, _, err = _run(capsys, ["data", "tile", data, "--out", tmp_path / "tiles", "--size", "16"])
     assert rc == 0, err
