@@ -26,7 +26,7 @@ from typing import Any
 #: published figures beside ours, with their source (parameters in millions, GFLOPs as the source prints them)
 PUBLISHED: dict[str, str] = {
     "clearscd": "5,780,499 params (seed-systems.md, the released code)",
-    "misgnet": "17,674,850 params (seed-systems.md, the released code)",
+    "misgnet": "17,674,850 params with keep_stage4 (seed-systems.md, the released code)",
     "changeclip_rn50": "117,540,238 params (seed-systems.md, the released code)",
     "changeclip_vitb16": "170,746,670 params (seed-systems.md, the released code)",
     "lightcdnet_s": "0.35 M, 1.65 G (open-cd README)",
