@@ -131,3 +131,26 @@ def test_count_gmacs_of_a_model_with_extra_inputs_uses_its_dummy_extras_and_keep
     assert model.training
     res = benchmark(model, size=16, batch=3, warmup=0, iters=1, train_step=False)
     assert res["gmacs_per_pair"] == pytest.approx((6 * 8 * 9 + 8 * 2) * 16 * 16 / 1e9)
+
+
+def test_zoo_table_renders_saved_results(tmp_path: Any, capsys: pytest.CaptureFixture) -> None:
+    """benchmarks/zoo_table.py: the table of docs/benchmarks.md from saved results, errors kept as a row."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "zoo_table.py"
+    spec = importlib.util.spec_from_file_location("zoo_table", path)
+    assert spec is not None and spec.loader is not None
+    zoo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(zoo)
+    b8 = benchmark("_test_tiny_cd", size=32, batch=2, warmup=0, iters=1)
+    b1 = benchmark("_test_tiny_cd", size=32, batch=1, warmup=0, iters=1, train_step=False)
+    saved = tmp_path / "zoo.json"
+    saved.write_text(json.dumps({"rows": [{"name": "tinycd", "batch8": b8, "batch1": b1},
+                                          {"name": "broken", "batch8": {"model": "broken", "error": "boom"}}]}))
+    assert zoo.main(["--table", str(saved), "--markdown", str(tmp_path / "t.md")]) == 0
+    lines = (tmp_path / "t.md").read_text().splitlines()
+    assert len(lines) == 4 and lines[0].startswith("| model | task | parameters | GMACs")
+    assert lines[2].startswith(f"| `tinycd` | binary | {b8['params']:,} | 0.00 |") and "0.28 M" in lines[2]
+    assert "error: boom" in lines[3]
