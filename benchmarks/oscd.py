@@ -38,8 +38,9 @@ TRAIN = ["abudhabi", "aguasclaras", "beihai", "bercy", "bordeaux", "cupertino", 
          "saclay_e"]
 VAL = ["bordeaux", "cupertino"]
 # Daudt et al. 2018, Table 1 (OSCD, 3 channels): F1 in percent, as recalled; check against the paper's table
-ANCHOR = [("FC-EF (Daudt et al. 2018, RGB)", "0.489"), ("FC-Siam-conc (Daudt et al. 2018, RGB)", "0.452"),
-          ("FC-Siam-diff (Daudt et al. 2018, RGB)", "0.489")]
+ANCHOR = [("FC-EF (Daudt et al. 2018, RGB; recalled, unverified)", "0.489"),
+          ("FC-Siam-conc (Daudt et al. 2018, RGB; recalled, unverified)", "0.452"),
+          ("FC-Siam-diff (Daudt et al. 2018, RGB; recalled, unverified)", "0.489")]
 
 BENCH = Benchmark(
     name="oscd", data=DATA, train=TRAIN, heldout=HELDOUT, val=VAL, tile=128, anchor=ANCHOR,

@@ -139,8 +139,22 @@ def build_config(model: str, levers: set[str], minutes: float, seed: int, paths:
     return cfg
 
 
+def few_tiles(tiles: Path, n: int, seed: int, work: Path) -> Path:
+    """``n`` training tiles as an analyst would label them: drawn at random (``seed``) among the tiles that show
+    some change, since one labels where something happened, not empty fields."""
+    import numpy as np
+
+    from changekit.data.io import read_image
+
+    changed = sorted(p.stem for p in (tiles / "label").iterdir() if read_image(p).any())
+    if len(changed) < n:
+        raise SystemExit(f"--tiles {n}: only {len(changed)} training tiles show change")
+    picked = sorted(np.random.default_rng(seed).choice(changed, size=n, replace=False).tolist())
+    return _link_subset(tiles, work / f"few{n}_s{seed}", picked)
+
+
 def run(bench: Benchmark, model: str, minutes: float, ablate: set[str], seed: int, work: Path, results: Path,
-        threads: int) -> dict[str, Any]:
+        threads: int, tiles: int | None = None) -> dict[str, Any]:
     """Train one model with the levers not in ``ablate`` and score the held-out images; append the record."""
     import torch
 
@@ -152,7 +166,9 @@ def run(bench: Benchmark, model: str, minutes: float, ablate: set[str], seed: in
     torch.set_num_threads(threads)
     levers = set(LEVERS) - ablate
     paths = prepare(bench, work, with_val="threshold" in levers)
-    tag = f"{model}-{'-'.join(sorted(ablate)) or 'all'}-s{seed}-{int(time.time())}"
+    if tiles:
+        paths["train"] = few_tiles(paths["train"], tiles, seed, work)
+    tag = f"{model}-{'-'.join(sorted(ablate)) or 'all'}-s{seed}{f'-t{tiles}' if tiles else ''}-{int(time.time())}"
     cfg = build_config(model, levers, minutes, seed, paths, threads)
     load0, t0 = os.getloadavg()[0], time.time()
     fit = train(cfg, work / "runs" / tag)
@@ -167,6 +183,7 @@ def run(bench: Benchmark, model: str, minutes: float, ablate: set[str], seed: in
                    accelerator="cpu")
     record = {
         "benchmark": bench.name, "model": model, "ablate": sorted(ablate), "seed": seed, "minutes": minutes,
+        "tiles": tiles,
         "threads": threads, "steps": fit["steps"], "epochs": fit["epochs"], "train_wall_s": round(wall, 1),
         "threshold": metrics["threshold"], **{k: metrics[k] for k in ("precision", "recall", "f1", "iou")},
         "load_avg_start": round(load0, 2), "load_avg_end": round(os.getloadavg()[0], 2),
@@ -181,15 +198,17 @@ def run(bench: Benchmark, model: str, minutes: float, ablate: set[str], seed: in
 
 def render_table(bench: Benchmark, results: Path) -> str:
     """A markdown table of the results of ``bench`` (mean and spread over seeds), beside the anchor."""
-    rows: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    rows: dict[tuple[str, str, float], list[dict[str, Any]]] = {}
     for line in results.read_text(encoding="utf-8").splitlines():
         rec = json.loads(line)
         if rec.get("benchmark") == bench.name:
-            rows.setdefault((rec["model"], ", ".join(rec["ablate"]) or "-"), []).append(rec)
+            off = ", ".join(rec["ablate"]) or "-"
+            off = off if not rec.get("tiles") else f"{off}; {rec['tiles']} tiles only"
+            rows.setdefault((rec["model"], off, rec["minutes"]), []).append(rec)
     out = [f"Held-out: {', '.join(bench.heldout)}. {bench.split_note}", "",
            "| model | levers off | seeds | minutes | steps | precision | recall | F1 (mean +- sd) |",
            "|---|---|---|---|---|---|---|---|"]
-    for (model, off), recs in sorted(rows.items()):
+    for (model, off, _), recs in sorted(rows.items()):
         f1 = [r["f1"] for r in recs]
         sd = f" +- {statistics.stdev(f1):.3f}" if len(f1) > 1 else ""
         out.append(f"| `{model}` | {off} | {len(recs)} | {recs[0]['minutes']:g} | "
@@ -211,8 +230,9 @@ def main(bench: Benchmark, argv: Sequence[str] | None = None) -> int:
     r.add_argument("--ablate", default="", help=f"comma-separated levers to switch off: {','.join(LEVERS)}")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--threads", type=int, default=2)
+    r.add_argument("--tiles", type=int, help="train on this many labelled tiles only (few-shot; see few_tiles)")
     r.add_argument("--work", type=Path, default=Path("/tmp") / f"changekit-{bench.name}")
-    for p in (r, t := sub.add_parser("table", help="render the results as markdown")):
+    for p in (r, sub.add_parser("table", help="render the results as markdown")):
         p.add_argument("--results", type=Path, default=Path(__file__).parent / "results" / f"{bench.name}.jsonl")
     args = parser.parse_args(argv)
     if not (bench.data / "label").is_dir():
@@ -228,7 +248,9 @@ def main(bench: Benchmark, argv: Sequence[str] | None = None) -> int:
         parser.error(f"--ablate: unknown lever(s) {', '.join(unknown)}; levers: {', '.join(LEVERS)}")
     if args.work.exists() and not args.work.is_dir():
         parser.error(f"--work {args.work} is not a folder")
-    run(bench, args.model, args.minutes, ablate, args.seed, args.work, args.results, args.threads)
+    if args.tiles is not None and args.tiles < 1:
+        parser.error(f"--tiles: must be at least 1, got {args.tiles}")
+    run(bench, args.model, args.minutes, ablate, args.seed, args.work, args.results, args.threads, args.tiles)
     return 0
 
 

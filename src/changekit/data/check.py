@@ -29,7 +29,7 @@ from ..errors import (
     SizeMismatchError,
 )
 from .discover import MissingLabelsError, PairRecord, discover
-from .io import _RASTERIO_SUFFIXES, image_size, nonfinite_pixels, read_image, require_file, size_text
+from .io import _RASTERIO_SUFFIXES, image_size, nonfinite_pixels, read_image, size_text
 from .labels import (
     HIUCD_SEM_IGNORE,
     LabelPalette,
