@@ -123,7 +123,9 @@ def build_config(model: str, levers: set[str], minutes: float, seed: int, paths:
         # ChangeAnywhere's recipe shape: 10 of 50 epochs linear warm-up from 1e-6, then poly to 0
         "schedule": {"name": "poly", "power": 1.0, "warmup": 10, "warmup_unit": "epoch", "warmup_factor": 1e-6,
                      "plan_epochs": 50, "budget_shaped": "schedule" in levers},
-        "trainer": {"max_epochs": 50, "max_time_minutes": minutes, "seed": seed, "accelerator": "cpu",
+        # with the schedule lever the budget binds and the plan fills the minutes given; without it the recipe's
+        # 50 epochs (cut by the budget where it is shorter)
+        "trainer": {"max_epochs": 1000 if "schedule" in levers else 50, "max_time_minutes": minutes, "seed": seed, "accelerator": "cpu",
                     "devices": 1, "progress_bar": False, "log_every_n_steps": 10,
                     "threshold": "auto" if "threshold" in levers and "val" in paths else 0.5,
                     "average_last": 5 if "average" in levers else 0,
@@ -183,7 +185,7 @@ def run(bench: Benchmark, model: str, minutes: float, ablate: set[str], seed: in
                    accelerator="cpu")
     record = {
         "benchmark": bench.name, "model": model, "ablate": sorted(ablate), "seed": seed, "minutes": minutes,
-        "tiles": tiles,
+        "tiles": tiles, "max_epochs": cfg["trainer"]["max_epochs"],
         "threads": threads, "steps": fit["steps"], "epochs": fit["epochs"], "train_wall_s": round(wall, 1),
         "threshold": metrics["threshold"], **{k: metrics[k] for k in ("precision", "recall", "f1", "iou")},
         "load_avg_start": round(load0, 2), "load_avg_end": round(os.getloadavg()[0], 2),
@@ -204,19 +206,22 @@ def render_table(bench: Benchmark, results: Path) -> str:
         if rec.get("benchmark") == bench.name:
             off = ", ".join(rec["ablate"]) or "-"
             off = off if not rec.get("tiles") else f"{off}; {rec['tiles']} tiles only"
+            if rec.get("max_epochs", 1000) < 1000:  # an early run whose epochs, not the budget, bound it
+                off = f"{off}; max {rec['max_epochs']} epochs"
             rows.setdefault((rec["model"], off, rec["minutes"]), []).append(rec)
     out = [f"Held-out: {', '.join(bench.heldout)}. {bench.split_note}", "",
-           "| model | levers off | seeds | minutes | steps | precision | recall | F1 (mean +- sd) |",
-           "|---|---|---|---|---|---|---|---|"]
+           "| model | levers off | seeds | budget (min) | trained (min) | steps | precision | recall | F1 (mean +- sd) |",
+           "|---|---|---|---|---|---|---|---|---|"]
     for (model, off, _), recs in sorted(rows.items()):
         f1 = [r["f1"] for r in recs]
         sd = f" +- {statistics.stdev(f1):.3f}" if len(f1) > 1 else ""
         out.append(f"| `{model}` | {off} | {len(recs)} | {recs[0]['minutes']:g} | "
+                   f"{statistics.mean(r['train_wall_s'] for r in recs) / 60:.1f} | "
                    f"{statistics.mean(r['steps'] for r in recs):.0f} | "
                    f"{statistics.mean(r['precision'] for r in recs):.3f} | "
                    f"{statistics.mean(r['recall'] for r in recs):.3f} | {statistics.mean(f1):.3f}{sd} |")
     for method, figure in bench.anchor:
-        out.append(f"| {method} | (published) | | | | | | {figure} |")
+        out.append(f"| {method} | (published) | | | | | | | {figure} |")
     return "\n".join(out)
 
 
