@@ -125,7 +125,8 @@ def build_config(model: str, levers: set[str], minutes: float, seed: int, paths:
                      "plan_epochs": 50, "budget_shaped": "schedule" in levers},
         # with the schedule lever the budget binds and the plan fills the minutes given; without it the recipe's
         # 50 epochs (cut by the budget where it is shorter)
-        "trainer": {"max_epochs": 1000 if "schedule" in levers else 50, "max_time_minutes": minutes, "seed": seed, "accelerator": "cpu",
+        "trainer": {"max_epochs": 1000 if "schedule" in levers else 50, "max_time_minutes": minutes, "seed": seed,
+                    "accelerator": "cpu",
                     "devices": 1, "progress_bar": False, "log_every_n_steps": 10,
                     "threshold": "auto" if "threshold" in levers and "val" in paths else 0.5,
                     "average_last": 5 if "average" in levers else 0,
@@ -210,7 +211,8 @@ def render_table(bench: Benchmark, results: Path) -> str:
                 off = f"{off}; max {rec['max_epochs']} epochs"
             rows.setdefault((rec["model"], off, rec["minutes"]), []).append(rec)
     out = [f"Held-out: {', '.join(bench.heldout)}. {bench.split_note}", "",
-           "| model | levers off | seeds | budget (min) | trained (min) | steps | precision | recall | F1 (mean +- sd) |",
+           "| model | levers off | seeds | budget (min) | trained (min) | steps | precision | recall "
+           "| F1 (mean +- sd) |",
            "|---|---|---|---|---|---|---|---|---|"]
     for (model, off, _), recs in sorted(rows.items()):
         f1 = [r["f1"] for r in recs]
