@@ -156,6 +156,8 @@ def predict(
             typer.echo(f"table: {run.table}")
         raise typer.Exit(code=1 if run.failed else 0)
     files = _predict(ckpt, a, b, out, options)
+    if not files:  # a rank other than 0 of a distributed run: rank 0 writes the outputs and says so
+        return
     single = len(files) == 1 and out.suffix.lower() in FILE_SUFFIXES
     typer.echo(f"wrote {len(files)} mask(s) to {files[0] if single else files[0].parent}")
     extras = PredictionLayout.plan(out, len(files), False, prob, overlay).roots()

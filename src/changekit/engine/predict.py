@@ -15,12 +15,13 @@ import torch
 from ..data.bands import check_input_bands, checkpoint_bands
 from ..data.discover import pair_folders
 from ..data.io import atomic_dir, atomic_path, image_size, write_image, write_png
-from ..errors import CheckpointError, DatasetNotFoundError, PairingError, SizeMismatchError
 from ..data.normalize import Normalisation
+from ..errors import CheckpointError, DatasetNotFoundError, PairingError, SizeMismatchError
 from ..inference.scene import SceneOutputs, predict_scene
 from ..inference.sliding import sliding_window_predict
 from ..safety import check_output, removes_new_folders
 from .checkpoint import load_checkpoint
+from .distributed import Ranks
 from .finish import decision_threshold
 from .options import PredictOptions
 from .outputs import GEO_SUFFIXES, PredictionLayout, mask_suffix
@@ -88,9 +89,28 @@ def predict(
     """
     opt = PredictOptions.build(options, **overrides)
     pairs = pair_inputs(a, b)
-    session = PredictSession(ckpt, opt)
-    for _, fa, fb in pairs:  # header reads: another band count than the model's is one line, not a traceback
-        session.check_bands(fa, fb)
+    ranks = Ranks.from_env()
+    try:
+        if ranks.distributed:  # every GeoTIFF scene's rows are shared by the ranks; rank 0 writes the outputs
+            opt = dataclasses.replace(opt, device=ranks.device(opt.device))
+        session = PredictSession(ckpt, opt)
+        session.run.ranks = ranks if ranks.distributed else None
+        for _, fa, fb in pairs:  # header reads: another band count than the model's is one line, not a traceback
+            session.check_bands(fa, fb)
+        if ranks.rank:
+            for stem, fa, fb in pairs:
+                if fa.suffix.lower() in GEO_SUFFIXES:
+                    session.run(stem, fa, fb, {"mask": Path(f"{stem}.rank{ranks.rank}.unused.tif")})
+            return []
+        return _predict_pairs(session, pairs, a, b, out, ckpt)
+    finally:
+        ranks.close()
+
+
+def _predict_pairs(session: PredictSession, pairs: list[tuple[str, Path, Path]], a: str | Path, b: str | Path,
+                   out: str | Path, ckpt: str | Path) -> list[Path]:
+    """:func:`predict` of one process (or rank 0): plan the outputs, run every pair, put the files in place."""
+    opt = session.options
     layout = PredictionLayout.plan(out, len(pairs), session.semantic, opt.save_prob, opt.save_overlay, opt.vector)
     geo = [stem for stem, fa, _ in pairs if fa.suffix.lower() in GEO_SUFFIXES]
     roots = layout.roots(with_overlay=len(geo) < len(pairs), plain_pairs=len(geo) < len(pairs))
@@ -223,6 +243,7 @@ class _PairRunner:
         self.options, self.tagger = dataclasses.replace(options, threshold=threshold), tagger
         self.window = dict(**options.window(), tile_extras=tagger)
         self.takes_tags = "tags_a" in getattr(model, "extra_inputs", ()) and tagger is None
+        self.ranks: Ranks | None = None  # several processes share each GeoTIFF scene's rows (predict under torchrun)
 
     def __call__(self, stem: str, fa: Path, fb: Path, files: dict[str, Path]) -> None:
         extras = None
@@ -236,7 +257,7 @@ class _PairRunner:
         if fa.suffix.lower() in GEO_SUFFIXES:
             outputs = SceneOutputs(files["mask"], files.get("prob"), files.get("sem_a"), files.get("sem_b"))
             predict_scene(self.model, fa, fb, outputs, self.options, norm,
-                          extras=extras, palette=self.palette, tile_extras=self.tagger)
+                          extras=extras, palette=self.palette, tile_extras=self.tagger, ranks=self.ranks)
             return
         (ia, valid_a), (ib, valid_b) = _read_bands(fa, norm), _read_bands(fb, norm)
         if ia.shape != ib.shape:

@@ -35,6 +35,7 @@ from ..raster.writer import CLASS_NODATA, MASK_NODATA, RasterWriter
 from .sliding import TileExtras, TilePredictor, eval_mode, stride_from
 
 if TYPE_CHECKING:
+    from ..engine.distributed import Ranks
     from ..engine.options import PredictOptions
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,7 @@ def predict_scene(
     palette: np.ndarray | None = None,
     tile_extras: TileExtras | None = None,
     bands: Sequence[int] | None = None,
+    ranks: Ranks | None = None,
 ) -> Path:
     """Predict the change mask of a (georeferenced) scene pair, strip by strip, and write it.
 
@@ -93,6 +95,8 @@ def predict_scene(
         tile_extras: forward inputs computed per batch of tiles instead (e.g. a
             :class:`~changekit.clip_tags.TileTagger`: ChangeCLIP's tags from each tile).
         bands: 1-based band indices read from both dates (default: ``norm.bands``, else every non-alpha band).
+        ranks: several processes share the scene's rows (:mod:`~changekit.inference.scene_shard`); every rank
+            calls this with the same scene, and only rank 0's ``outputs`` are written.
 
     Returns:
         The mask's path.
@@ -124,16 +128,54 @@ def predict_scene(
             raise ConfigError(f"{src_a.path} has {src_a.count} bands but the model expects {in_ch} input channels")
         predictor = TilePredictor(model, opt.tile, stride_from(opt.tile, opt.overlap, None), opt.batch_size,
                                   opt.blend, opt.device, opt.amp)
-        writers = {key: stack.enter_context(RasterWriter(
-            p, src_a.height, src_a.width, OUTPUT_KINDS[key], src_a.geo, palette if key.startswith("sem") else None,
-            opt.compress, key=key)) for key, p in files.items()}
+
+        def open_writers() -> dict[str, RasterWriter]:
+            return {key: stack.enter_context(RasterWriter(
+                p, src_a.height, src_a.width, OUTPUT_KINDS[key], src_a.geo, palette if key.startswith("sem") else None,
+                opt.compress, key=key)) for key, p in files.items()}
+
+        sharded = ranks is not None and ranks.distributed
+        writers = {} if sharded else open_writers()
         map_a, map_b = norm.fit_scene(src_a, src_b)  # range warning; data.radiometric over the whole scene
-        with eval_mode(model), torch.inference_mode():
-            _run_strips(predictor, src_a, src_b, lambda raw, valid: norm.chw(raw, src_a.path, map_a, valid),
-                        lambda raw, valid: norm.chw(raw, src_b.path, map_b, valid), writers, threshold, extras,
-                        tile_extras)
+
+        def run(outputs: dict[str, Any], rows: tuple[int, int] | None = None) -> None:
+            with eval_mode(model), torch.inference_mode():
+                _run_strips(predictor, src_a, src_b, lambda raw, valid: norm.chw(raw, src_a.path, map_a, valid),
+                            lambda raw, valid: norm.chw(raw, src_b.path, map_b, valid), outputs, threshold, extras,
+                            tile_extras, rows)
+
+        if not sharded:
+            run(writers)
+        else:
+            _run_shard(ranks, files, src_a.height, src_a.width, run, open_writers)
     log.info("wrote %s", files.mask)
     return files.mask
+
+
+def _run_shard(ranks: Ranks, files: SceneOutputs, height: int, width: int, run: Callable[..., None],
+               open_writers: Callable[[], dict[str, RasterWriter]]) -> None:
+    """This rank's rows into partials; then rank 0 merges every rank's rows into its outputs."""
+    from .scene_shard import SceneShard
+
+    first = ranks.rank == 0
+    shard = SceneShard.agree(ranks, Path(files.mask).parent if first else None,
+                             [k for k, _ in files.items()] if first else None, Path(files.mask).name)
+    r0, r1 = shard.rows(height)
+    log.info("rank %d of %d: rows %d to %d of %s", ranks.rank, ranks.world, r0, r1 - 1, Path(files.mask).name)
+    try:
+        sinks = shard.sinks(height, width)
+        try:
+            run(sinks, shard.rows(height))
+        finally:
+            for sink in sinks.values():
+                sink.close()
+        ranks.barrier()
+        if first:
+            shard.merge(open_writers(), height)
+        ranks.barrier()
+    except BaseException:
+        shard.remove()
+        raise
 
 
 def _run_strips(
@@ -146,16 +188,26 @@ def _run_strips(
     threshold: float,
     extras: dict[str, Any] | None = None,
     tile_extras: TileExtras | None = None,
+    rows: tuple[int, int] | None = None,
 ) -> None:
-    """Predict one row of tiles at a time, write the finished rows, carry the overlap rows onward."""
+    """Predict one row of tiles at a time, write the finished rows, carry the overlap rows onward.
+
+    With ``rows = (first, end)`` only the strips whose tiles touch those output rows run, in the same order as for
+    the whole scene, and only those rows are written (one rank's share of a scene): the same pixels result.
+    """
     grid = predictor.grid(src_a.height, src_a.width)
     t = predictor.tile
-    rows, cols = grid.row_index().numpy(), grid.col_index().numpy()
+    row_of, cols = grid.row_index().numpy(), grid.col_index().numpy()
     positions = [(0, 0, x) for x in grid.xs]
     carry: tuple[torch.Tensor, torch.Tensor] | None = None
     log.info("scene %dx%d: %d strips of %d tiles", src_a.height, src_a.width, len(grid.ys), len(grid.xs))
+    first_row, end_row = rows if rows is not None else (0, grid.height)
     for r, y in enumerate(grid.ys):
-        idx = rows[y : y + t]
+        if y + t <= first_row + grid.pad_top:  # this strip's tiles touch no row of the share
+            continue
+        if y >= end_row + grid.pad_top:
+            break
+        idx = row_of[y : y + t]
         lo, hi = int(idx.min()), int(idx.max()) + 1
         window = (lo, 0, hi - lo, src_a.width)
         raw_a, valid_a = src_a.read_valid(window)
@@ -172,7 +224,7 @@ def _run_strips(
         acc, wsum = predictor.accumulate(a, b, positions, acc, wsum, extras=extras, tile_extras=tile_extras)
         done = (grid.ys[r + 1] if r + 1 < len(grid.ys) else grid.padded_height) - y  # rows no later tile touches
         carry = (acc[:, :, done:].clone(), wsum[:, :, done:].clone())
-        r0, r1 = max(y - grid.pad_top, 0), min(y + done - grid.pad_top, grid.height)
+        r0, r1 = max(y - grid.pad_top, first_row), min(y + done - grid.pad_top, end_row)
         if r1 <= r0:
             continue
         local = slice(r0 + grid.pad_top - y, r1 + grid.pad_top - y)
