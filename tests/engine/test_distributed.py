@@ -4,9 +4,7 @@ writes, each pair once, and rank 0's table lists every pair."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +12,7 @@ import pytest
 import rasterio
 from affine import Affine
 from rasterio.crs import CRS
+from torchrun_cli import run_cli
 
 from changekit.config import resolve
 from changekit.data.io import GeoInfo, write_geotiff
@@ -47,13 +46,8 @@ def ws(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _predict(ws: Path, out: str, nproc: int) -> subprocess.CompletedProcess:
-    args = ["-m", "changekit", "predict", "--ckpt", str(ws / "model.ckpt"), "--pairs", str(ws / "pairs.csv"),
-            "--out", str(ws / out), "--tile", "64", "--overlap", "16", "--device", "cpu"]
-    if nproc > 1:
-        args = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args]
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    env.update(HF_HUB_OFFLINE="1", NO_ALBUMENTATIONS_UPDATE="1", OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, timeout=600)
+    return run_cli(["predict", "--ckpt", str(ws / "model.ckpt"), "--pairs", str(ws / "pairs.csv"), "--out",
+                    str(ws / out), "--tile", "64", "--overlap", "16", "--device", "cpu"], nproc)
 
 
 def test_two_gloo_ranks_equal_one_process(ws: Path) -> None:

@@ -62,7 +62,7 @@ def _other_filesystem_tmpdir(root: Path) -> str:
 
 def _kept(old: list[dict[str, str]], new: list[dict[str, str]]) -> bool:
     """Every earlier row is still there, in order, with its values (later columns may have been added)."""
-    return len(new) >= len(old) and all({k: n.get(k) for k in o} == o for o, n in zip(old, new))
+    return len(new) >= len(old) and all({k: n.get(k) for k in o} == o for o, n in zip(old, new, strict=False))
 
 
 def _kill_after(proc: subprocess.Popen, saves: int, delay: float) -> bool:

@@ -3,9 +3,7 @@ torchrun write exactly the files one process writes."""
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +13,7 @@ import rasterio
 import torch
 from affine import Affine
 from rasterio.crs import CRS
+from torchrun_cli import run_cli
 
 from changekit.config import resolve
 from changekit.data.io import GeoInfo, write_geotiff
@@ -88,14 +87,9 @@ def test_shares_of_the_strip_loop_equal_the_whole_scene_bit_for_bit(ws: Path, wo
 
 
 def _predict(ws: Path, out: str, nproc: int) -> subprocess.CompletedProcess:
-    args = ["-m", "changekit", "predict", "--ckpt", str(ws / "model.ckpt"), "--a", str(ws / "a.tif"), "--b",
-            str(ws / "b.tif"), "--out", str(ws / out), "--tile", "64", "--overlap", "16", "--device", "cpu",
-            "--prob", "--summary"]
-    if nproc > 1:  # --debug logs each rank's rows
-        args = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args, "--debug"]
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    env.update(HF_HUB_OFFLINE="1", NO_ALBUMENTATIONS_UPDATE="1", OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, timeout=600)
+    return run_cli(["predict", "--ckpt", str(ws / "model.ckpt"), "--a", str(ws / "a.tif"), "--b", str(ws / "b.tif"),
+                    "--out", str(ws / out), "--tile", "64", "--overlap", "16", "--device", "cpu", "--prob",
+                    "--summary"], nproc, debug=nproc > 1)  # --debug logs each rank's rows
 
 
 def test_two_gloo_ranks_share_one_scene_and_write_what_one_process_writes(ws: Path) -> None:
