@@ -173,6 +173,8 @@ def run(bench: Benchmark, model: str, minutes: float, ablate: set[str], seed: in
         paths["train"] = few_tiles(paths["train"], tiles, seed, work)
     tag = f"{model}-{'-'.join(sorted(ablate)) or 'all'}-s{seed}{f'-t{tiles}' if tiles else ''}-{int(time.time())}"
     cfg = build_config(model, levers, minutes, seed, paths, threads)
+    if tiles:  # epochs of one or two steps: validate every 100 steps, not after each epoch
+        cfg["trainer"]["val_every_steps"] = 100
     load0, t0 = os.getloadavg()[0], time.time()
     fit = train(cfg, work / "runs" / tag)
     wall = time.time() - t0
