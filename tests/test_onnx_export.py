@@ -81,18 +81,9 @@ def test_every_binary_model_exports_or_is_listed(name: str, tmp_path: Path) -> N
 
 
 def test_cli_export_then_predict_with_onnxruntime_equals_torch(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    from affine import Affine
-    from rasterio.crs import CRS
+    from scene_pairs import write_scene_pair
 
-    from changekit.data.io import GeoInfo, write_geotiff
-
-    geo = GeoInfo(crs=CRS.from_epsg(32633), transform=Affine(0.5, 0, 500000, 0, -0.5, 5_000_000))
-    rng = np.random.default_rng(0)
-    a = rng.integers(0, 256, (150, 130, 3), dtype=np.uint8)
-    b = a.copy()
-    b[20:90, 10:70] = 255 - b[20:90, 10:70]
-    write_geotiff(tmp_path / "a.tif", a, geo)
-    write_geotiff(tmp_path / "b.tif", b, geo)
+    write_scene_pair(tmp_path / "a.tif", tmp_path / "b.tif", (150, 130), [(slice(20, 90), slice(10, 70))])
     pointwise_checkpoint(tmp_path / "model.ckpt")
     assert main(["export", "--ckpt", str(tmp_path / "model.ckpt"), "--onnx", str(tmp_path / "m.onnx"),
                  "--tile", "64"]) == 0

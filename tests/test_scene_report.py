@@ -11,18 +11,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from affine import Affine
 from PIL import Image
-from rasterio.crs import CRS
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from pointwise_ckpt import pointwise_checkpoint  # noqa: E402
+from scene_pairs import write_scene_pair  # noqa: E402
 
-from changekit.data.io import GeoInfo, write_geotiff  # noqa: E402
 from changekit.engine.predict import predict  # noqa: E402
 
-GEO = GeoInfo(crs=CRS.from_epsg(32633), transform=Affine(0.5, 0, 500000, 0, -0.5, 5_000_000))
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
 FLAGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--no-first-run"]
@@ -32,13 +29,8 @@ FLAGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-ne
 def report(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A report of a 300 x 260 UTM scene whose B has two inverted rectangles."""
     ws = tmp_path_factory.mktemp("report")
-    rng = np.random.default_rng(0)
-    a = rng.integers(60, 200, (300, 260, 3), dtype=np.uint8)
-    b = a.copy()
-    b[20:120, 30:200] = 255 - b[20:120, 30:200]
-    b[200:240, 100:140] = 255 - b[200:240, 100:140]
-    write_geotiff(ws / "a.tif", a, GEO)
-    write_geotiff(ws / "b.tif", b, GEO)
+    write_scene_pair(ws / "a.tif", ws / "b.tif", (300, 260),
+                     [(slice(20, 120), slice(30, 200)), (slice(200, 240), slice(100, 140))], low=60, high=200)
     pointwise_checkpoint(ws / "model.ckpt")
     predict(ws / "model.ckpt", ws / "a.tif", ws / "b.tif", ws / "out" / "scene.tif", report=True, tile=128,
             overlap=16)

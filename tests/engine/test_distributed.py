@@ -10,17 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-from affine import Affine
-from rasterio.crs import CRS
+from scene_pairs import write_scene_pair
 from torchrun_cli import run_cli
 
 from changekit.config import resolve
-from changekit.data.io import GeoInfo, write_geotiff
 from changekit.engine.checkpoint import save_checkpoint
 from changekit.engine.distributed import Ranks
 from changekit.models import build_model
 
-GEO = GeoInfo(crs=CRS.from_epsg(32633), transform=Affine(0.5, 0, 500000, 0, -0.5, 5_000_000))
 #: Summary keys that legitimately differ between runs (times, and the output paths' folder).
 VARYING = {"timings_s", "tiles_per_s", "outputs"}
 
@@ -31,11 +28,7 @@ def ws(tmp_path_factory: pytest.TempPathFactory) -> Path:
     rng = np.random.default_rng(0)
     rows = ["a,b"]
     for i in range(5):
-        a = rng.integers(0, 256, (96, 80, 3), dtype=np.uint8)
-        b = a.copy()
-        b[10 + i : 50, 20:60] = 255 - b[10 + i : 50, 20:60]
-        write_geotiff(ws / f"p{i}_a.tif", a, GEO)
-        write_geotiff(ws / f"p{i}_b.tif", b, GEO)
+        write_scene_pair(ws / f"p{i}_a.tif", ws / f"p{i}_b.tif", (96, 80), [(slice(10 + i, 50), slice(20, 60))], rng)
         rows.append(f"p{i}_a.tif,p{i}_b.tif")
     (ws / "pairs.csv").write_text("\n".join(rows) + "\n")
     import torch

@@ -10,35 +10,26 @@ import os
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import rasterio
-from affine import Affine
-from rasterio.crs import CRS
 
 TESTS = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(TESTS))
 
 from pointwise_ckpt import pointwise_checkpoint  # noqa: E402
+from scene_pairs import write_scene_pair  # noqa: E402
 
 from changekit.cli import main  # noqa: E402
-from changekit.data.io import GeoInfo, write_geotiff  # noqa: E402
 from changekit.engine import pairs as P  # noqa: E402
 from changekit.engine.pairs import predict_pairs, read_pairs  # noqa: E402
 from changekit.errors import ConfigError, PairingError  # noqa: E402
 
-GEO = GeoInfo(crs=CRS.from_epsg(32633), transform=Affine(0.5, 0, 500000, 0, -0.5, 5_000_000))
 OPTS = dict(tile=64, overlap=16)
 
 
 def _scene(folder: Path, name: str, seed: int, h: int = 96, w: int = 80) -> tuple[Path, Path]:
-    rng = np.random.default_rng(seed)
-    a = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
-    b = a.copy()
-    b[10:40, 20:60] = 255 - b[10:40, 20:60]
-    write_geotiff(folder / f"{name}_a.tif", a, GEO)
-    write_geotiff(folder / f"{name}_b.tif", b, GEO)
-    return folder / f"{name}_a.tif", folder / f"{name}_b.tif"
+    return write_scene_pair(folder / f"{name}_a.tif", folder / f"{name}_b.tif", (h, w),
+                            [(slice(10, 40), slice(20, 60))], seed)
 
 
 @pytest.fixture()

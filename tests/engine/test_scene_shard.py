@@ -11,12 +11,10 @@ import numpy as np
 import pytest
 import rasterio
 import torch
-from affine import Affine
-from rasterio.crs import CRS
+from scene_pairs import write_scene_pair
 from torchrun_cli import run_cli
 
 from changekit.config import resolve
-from changekit.data.io import GeoInfo, write_geotiff
 from changekit.engine.checkpoint import save_checkpoint
 from changekit.inference.scene import _run_strips
 from changekit.inference.scene_shard import row_share
@@ -24,18 +22,11 @@ from changekit.inference.sliding import TilePredictor, stride_from
 from changekit.models import build_model
 from changekit.raster.reader import RasterReader
 
-GEO = GeoInfo(crs=CRS.from_epsg(32633), transform=Affine(0.5, 0, 500000, 0, -0.5, 5_000_000))
-
 
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ws = tmp_path_factory.mktemp("shard")
-    rng = np.random.default_rng(0)
-    a = rng.integers(0, 256, (203, 171, 3), dtype=np.uint8)
-    b = a.copy()
-    b[30:150, 40:120] = 255 - b[30:150, 40:120]
-    write_geotiff(ws / "a.tif", a, GEO)
-    write_geotiff(ws / "b.tif", b, GEO)
+    write_scene_pair(ws / "a.tif", ws / "b.tif", (203, 171), [(slice(30, 150), slice(40, 120))])
     torch.manual_seed(0)
     save_checkpoint(ws / "model.ckpt", build_model("fc_siam_diff"), resolve({"model": {"name": "fc_siam_diff"}}))
     return ws
