@@ -9,15 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from cli_capture import run_main as _run
 
-from changekit.cli import main
 from changekit.data.io import read_image
-
-
-def _run(capsys: pytest.CaptureFixture, *args: object) -> tuple[int, str, str]:
-    rc = main([str(a) for a in args])
-    cap = capsys.readouterr()
-    return rc, cap.out, cap.err
 
 
 def test_synth_check_lists(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

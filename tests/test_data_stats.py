@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+from cli_capture import run_main as _run
 from rasterio.transform import from_origin
 
-from changekit.cli import main
 from changekit.config import resolve
 from changekit.data.bands import fit_to_data
 from changekit.data.datasets import ChangeDataset
@@ -43,12 +43,6 @@ def _set(root: Path, n: int = 2, bands: int = 4, border: bool = True) -> list[np
             images.append(img)
         write_png(root / "label" / f"p{i}.png", np.zeros((SIZE, SIZE), np.uint8))
     return images
-
-
-def _run(capsys: pytest.CaptureFixture, *args: object) -> tuple[int, str, str]:
-    rc = main([str(a) for a in args])
-    cap = capsys.readouterr()
-    return rc, cap.out, cap.err
 
 
 def test_stats_exclude_nodata_and_follow_bands(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

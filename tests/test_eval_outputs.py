@@ -15,19 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from cli_capture import run_main as _run
 from PIL import Image
 from pointwise_ckpt import pointwise_checkpoint
 
-from changekit.cli import main
 from changekit.data.synthetic import CLASS_NAMES, synthesize
 from changekit.data.tiling import owned_extents, tile_folder
 from changekit.engine.evaluate import test as run_test
-
-
-def _run(capsys: pytest.CaptureFixture, *args: object) -> tuple[int, str, str]:
-    rc = main([str(a) for a in args])
-    cap = capsys.readouterr()
-    return rc, cap.out, cap.err
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli_capture import run_main as _run
 
 from changekit.cli import main
 from changekit.data.discover import discover
@@ -21,12 +22,6 @@ from changekit.generation.writer import generate_dataset
 
 TINY = ["--preset", "tiny", "--no-progress", "--set", "train.ae_steps=3", "--set", "train.ldm_steps=3",
         "--set", "train.sample_every=2"]
-
-
-def _run(capsys: pytest.CaptureFixture, *args: object) -> tuple[int, str, str]:
-    rc = main([str(a) for a in args])
-    cap = capsys.readouterr()
-    return rc, cap.out, cap.err
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import rasterio
 import yaml
+from cli_capture import run_main as _run
 
 from changekit.cli import main
 from changekit.data.oscd import S2_BANDS, band_files
@@ -20,12 +21,6 @@ OSCD_MS = Path(__file__).resolve().parents[2] / "shared" / "data" / "oscd_ms"
 pytestmark = pytest.mark.skipif(not (OSCD_MS / "hongkong" / "imgs_1").is_dir(),
                                 reason=f"OSCD multispectral data not present at {OSCD_MS}")
 CITIES = ("bordeaux", "rennes", "hongkong")  # hongkong: date 2 lies on a 2-pixel smaller grid
-
-
-def _run(capsys: pytest.CaptureFixture, *args: object) -> tuple[int, str, str]:
-    rc = main([str(a) for a in args])
-    cap = capsys.readouterr()
-    return rc, cap.out, cap.err
 
 
 @pytest.fixture(scope="module")

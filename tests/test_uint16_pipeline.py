@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 import rasterio
 import yaml
+from cli_capture import run_main as _run
 from rasterio.transform import from_origin
 
-from changekit.cli import main
+from changekit.data.io import read_image
 from changekit.data.synthetic import synthesize
 from changekit.engine.checkpoint import read_checkpoint
-from changekit.data.io import read_image
 
 K = 64  # uint16 = 8-bit x 64 (up to 16,320: a 14-bit sensor's range)
 
@@ -68,12 +68,6 @@ def sets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         _tif(root / "scene_u16" / f"{date}.tif", _uint16(four, rng))
         _tif(root / "scene_u16_4" / f"{date}.tif", four.astype(np.uint16) * K)
     return {"root": root}
-
-
-def _run(capsys: pytest.CaptureFixture, *args: object) -> tuple[int, str, str]:
-    rc = main([str(a) for a in args])
-    cap = capsys.readouterr()
-    return rc, cap.out, cap.err
 
 
 def _train(tmp: Path, data: Path, capsys: pytest.CaptureFixture, **data_cfg: object) -> Path:
