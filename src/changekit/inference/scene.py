@@ -165,7 +165,7 @@ def _run_shard(ranks: Ranks, files: SceneOutputs, height: int, width: int, run: 
     try:
         sinks = shard.sinks(height, width)
         try:
-            run(sinks, shard.rows(height))
+            run(sinks, (r0, r1))
         finally:
             for sink in sinks.values():
                 sink.close()
