@@ -83,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--table", type=Path, help="print the table of a saved --json file and stop")
     args = parser.parse_args(argv)
     if args.table:
+        if not args.table.is_file():
+            parser.error(f"--table {args.table}: no such file (write one with --json)")
         rows = json.loads(args.table.read_text())["rows"]
     else:
         from changekit.models.registry import list_models
