@@ -6,7 +6,8 @@ The *levers* are what issue 14 added to the library; a run uses all of them unle
 
 =============  ================================================================================================
 schedule       warm-up and decay shaped to the time budget (off: the recipe's absolute 50-epoch schedule, cut)
-imbalance      ``ce`` with ``class_weights: auto`` (off: plain ``ce``)
+imbalance      ``ce`` with ``class_weights: auto_sqrt`` (``--weights auto``: inverse frequency) of the share the
+               loss sees (off: plain ``ce``)
 sampler        ``data.sampler: change_balanced``, half the samples on change (off: uniform)
 augment        flips, quarter turns and per-date photometric jitter (off: none)
 radiometric    ``data.radiometric: match_meanstd`` (off: none; skipped where the library lacks the key)
@@ -101,7 +102,7 @@ def prepare(bench: Benchmark, work: Path, with_val: bool) -> dict[str, Path]:
 
 
 def build_config(model: str, levers: set[str], minutes: float, seed: int, paths: dict[str, Path],
-                 threads: int) -> dict[str, Any]:
+                 threads: int, weights: str = "auto_sqrt") -> dict[str, Any]:
     """The run's config from the levers that are on."""
     from changekit.config import DEFAULTS
 
@@ -118,7 +119,7 @@ def build_config(model: str, levers: set[str], minutes: float, seed: int, paths:
         "model": model_cfg,
         "data": {"train": str(paths["train"]), "val": str(paths["val"]) if "val" in paths else None,
                  "batch_size": 8, "num_workers": 1 if threads > 1 else 0, "augment": "none"},
-        "loss": [{"name": "ce", **({"class_weights": "auto"} if "imbalance" in levers else {})}],
+        "loss": [{"name": "ce", **({"class_weights": weights} if "imbalance" in levers else {})}],
         "optim": {"name": "adamw", "lr": spec["lr"], "weight_decay": 1e-4},
         # ChangeAnywhere's recipe shape: 10 of 50 epochs linear warm-up from 1e-6, then poly to 0
         "schedule": {"name": "poly", "power": 1.0, "warmup": 10, "warmup_unit": "epoch", "warmup_factor": 1e-6,
@@ -153,11 +154,15 @@ def few_tiles(tiles: Path, n: int, seed: int, work: Path) -> Path:
     if len(changed) < n:
         raise SystemExit(f"--tiles {n}: only {len(changed)} training tiles show change")
     picked = sorted(np.random.default_rng(seed).choice(changed, size=n, replace=False).tolist())
-    return _link_subset(tiles, work / f"few{n}_s{seed}", picked)
+    # named after the source too: the tiles of another split (with or without validation cities) never mix in
+    dst = work / f"few{n}_s{seed}_{tiles.name}"
+    if (dst / "label").is_dir() and sorted(p.stem for p in (dst / "label").iterdir()) != picked:
+        shutil.rmtree(dst)  # a folder of this script's own links, left by an older draw
+    return _link_subset(tiles, dst, picked)
 
 
 def run(bench: Benchmark, model: str, minutes: float, ablate: set[str], seed: int, work: Path, results: Path,
-        threads: int, tiles: int | None = None) -> dict[str, Any]:
+        threads: int, tiles: int | None = None, class_weights: str = "auto_sqrt") -> dict[str, Any]:
     """Train one model with the levers not in ``ablate`` and score the held-out images; append the record."""
     import torch
 
@@ -172,7 +177,7 @@ def run(bench: Benchmark, model: str, minutes: float, ablate: set[str], seed: in
     if tiles:
         paths["train"] = few_tiles(paths["train"], tiles, seed, work)
     tag = f"{model}-{'-'.join(sorted(ablate)) or 'all'}-s{seed}{f'-t{tiles}' if tiles else ''}-{int(time.time())}"
-    cfg = build_config(model, levers, minutes, seed, paths, threads)
+    cfg = build_config(model, levers, minutes, seed, paths, threads, class_weights)
     if tiles:  # epochs of one or two steps: validate every 100 steps, not after each epoch
         cfg["trainer"]["val_every_steps"] = 100
     load0, t0 = os.getloadavg()[0], time.time()
@@ -189,6 +194,7 @@ def run(bench: Benchmark, model: str, minutes: float, ablate: set[str], seed: in
     record = {
         "benchmark": bench.name, "model": model, "ablate": sorted(ablate), "seed": seed, "minutes": minutes,
         "tiles": tiles, "max_epochs": cfg["trainer"]["max_epochs"],
+        "class_weights": class_weights if "imbalance" in levers else None,
         "threads": threads, "steps": fit["steps"], "epochs": fit["epochs"], "train_wall_s": round(wall, 1),
         "threshold": metrics["threshold"], **{k: metrics[k] for k in ("precision", "recall", "f1", "iou")},
         "load_avg_start": round(load0, 2), "load_avg_end": round(os.getloadavg()[0], 2),
@@ -208,14 +214,16 @@ def render_table(bench: Benchmark, results: Path) -> str:
         rec = json.loads(line)
         if rec.get("benchmark") == bench.name:
             off = ", ".join(rec["ablate"]) or "-"
+            if "imbalance" not in rec["ablate"] and rec.get("class_weights", "auto") == "auto":
+                off = f"{off}; inverse-frequency weights"  # runs before auto_sqrt became the lever's weights
             off = off if not rec.get("tiles") else f"{off}; {rec['tiles']} tiles only"
             if rec.get("max_epochs", 1000) < 1000:  # an early run whose epochs, not the budget, bound it
                 off = f"{off}; max {rec['max_epochs']} epochs"
             rows.setdefault((rec["model"], off, rec["minutes"]), []).append(rec)
     out = [f"Held-out: {', '.join(bench.heldout)}. {bench.split_note}", "",
            "| model | levers off | seeds | budget (min) | trained (min) | steps | precision | recall "
-           "| F1 (mean +- sd) |",
-           "|---|---|---|---|---|---|---|---|---|"]
+           "| F1 (mean +- sd) | best F1 |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
     for (model, off, _), recs in sorted(rows.items()):
         f1 = [r["f1"] for r in recs]
         sd = f" +- {statistics.stdev(f1):.3f}" if len(f1) > 1 else ""
@@ -223,9 +231,10 @@ def render_table(bench: Benchmark, results: Path) -> str:
                    f"{statistics.mean(r['train_wall_s'] for r in recs) / 60:.1f} | "
                    f"{statistics.mean(r['steps'] for r in recs):.0f} | "
                    f"{statistics.mean(r['precision'] for r in recs):.3f} | "
-                   f"{statistics.mean(r['recall'] for r in recs):.3f} | {statistics.mean(f1):.3f}{sd} |")
+                   f"{statistics.mean(r['recall'] for r in recs):.3f} | {statistics.mean(f1):.3f}{sd} | "
+                   f"{max(f1):.3f} |")
     for method, figure in bench.anchor:
-        out.append(f"| {method} | (published) | | | | | | | {figure} |")
+        out.append(f"| {method} | (published) | | | | | | | {figure} | |")
     return "\n".join(out)
 
 
@@ -240,6 +249,8 @@ def main(bench: Benchmark, argv: Sequence[str] | None = None) -> int:
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--threads", type=int, default=2)
     r.add_argument("--tiles", type=int, help="train on this many labelled tiles only (few-shot; see few_tiles)")
+    r.add_argument("--weights", choices=("auto_sqrt", "auto"), default="auto_sqrt",
+                   help="the imbalance lever's class weights: auto_sqrt, or auto (inverse frequency)")
     r.add_argument("--work", type=Path, default=Path("/tmp") / f"changekit-{bench.name}")
     for p in (r, sub.add_parser("table", help="render the results as markdown")):
         p.add_argument("--results", type=Path, default=Path(__file__).parent / "results" / f"{bench.name}.jsonl")
@@ -259,7 +270,8 @@ def main(bench: Benchmark, argv: Sequence[str] | None = None) -> int:
         parser.error(f"--work {args.work} is not a folder")
     if args.tiles is not None and args.tiles < 1:
         parser.error(f"--tiles: must be at least 1, got {args.tiles}")
-    run(bench, args.model, args.minutes, ablate, args.seed, args.work, args.results, args.threads, args.tiles)
+    run(bench, args.model, args.minutes, ablate, args.seed, args.work, args.results, args.threads, args.tiles,
+        args.weights)
     return 0
 
 

@@ -15,7 +15,7 @@ from changekit.data.io import write_png
 from changekit.data.samplers import ChangeBalancedSampler, ChangeIndex
 from changekit.data.transforms import build_transforms
 from changekit.errors import ConfigError
-from changekit.losses import auto_terms, build_loss, resolve_auto_weights
+from changekit.losses import auto_terms, build_loss, class_frequency_weights, resolve_auto_weights
 
 
 def test_auto_weights_from_the_change_share() -> None:
@@ -32,6 +32,41 @@ def test_auto_weights_from_the_change_share() -> None:
         resolve_auto_weights([{"name": "bce", "pos_weight": "auto"}], 0.0)
     with pytest.raises(ConfigError, match="computed from the change mask"):
         build_loss([{"name": "ce", "target": "sem_a", "class_weights": "auto"}])
+
+
+def test_auto_sqrt_weights_are_the_square_root_of_inverse_frequency() -> None:
+    spec = [{"name": "bce", "pos_weight": "auto_sqrt"}, {"name": "ce", "class_weights": "auto_sqrt"}]
+    assert auto_terms(spec) == [0, 1]
+    build_loss(spec)
+    lines = resolve_auto_weights(spec, 0.02, source="sampled share")
+    assert spec[0]["pos_weight"] == pytest.approx(7.0)  # sqrt(0.98 / 0.02)
+    w0, w1 = spec[1]["class_weights"]
+    assert w1 / w0 == pytest.approx(7.0, rel=1e-3) and 0.98 * w0 + 0.02 * w1 == pytest.approx(1.0, abs=1e-3)
+    assert "auto_sqrt; sampled share 0.0200" in lines[1]
+    for share in (0.01, 0.3, 0.7):  # any power keeps the loss's scale: the mean pixel weight is 1
+        for power in (0.25, 0.5, 1.0):
+            c0, c1 = class_frequency_weights(share, power)
+            assert (1 - share) * c0 + share * c1 == pytest.approx(1.0, abs=1e-3)
+            assert c1 / c0 == pytest.approx(((1 - share) / share) ** power, rel=1e-3)
+    with pytest.raises(ConfigError, match=r"loss\[0\].pos_weight: auto_sqrt needs both changed and unchanged"):
+        resolve_auto_weights([{"name": "bce", "pos_weight": "auto_sqrt"}], 1.0)
+    with pytest.raises(ConfigError, match="class_weights.*auto or auto_sqrt, got .auto_sqr."):  # a typo is named
+        build_loss([{"name": "ce", "class_weights": "auto_sqr"}])
+
+
+def test_sampled_share_counts_what_the_sampler_draws() -> None:
+    index = ChangeIndex(np.array([0, 10, 0, 30]), np.full(4, 100), [np.zeros((0, 2), np.int32)] * 4)
+    assert index.share == pytest.approx(0.1)
+    assert index.sampled_share(0.0) == pytest.approx(0.1)
+    assert index.sampled_share(0.5) == pytest.approx(0.15)  # half the samples from the two images with change
+    assert index.sampled_share(1.0) == pytest.approx(0.2)
+    empty = ChangeIndex(np.zeros(3, np.int64), np.full(3, 100), [np.zeros((0, 2), np.int32)] * 3)
+    assert empty.sampled_share(0.5) == 0.0
+    # measured against the sampler itself: the drawn samples' change share matches the formula
+    changed = np.array([0, 0, 0, 40, 0, 5] * 100)
+    index = ChangeIndex(changed, np.full(600, 100), [np.zeros((1, 2), np.int32)] * 600)
+    drawn = [i for i, _ in ChangeBalancedSampler(index, seed=0, change_share=0.6).order(0)]
+    assert changed[drawn].sum() / (100 * len(drawn)) == pytest.approx(index.sampled_share(0.6), rel=0.1)
 
 
 def _sparse_set(root: Path, n: int = 4, size: int = 96) -> Path:
@@ -103,7 +138,8 @@ def test_cli_auto_weight_and_change_balanced_run(tmp_path: Path, synth_root: Pat
     out = tmp_path / "run"
     assert main(["train", str(path), "--out", str(out)]) == 0
     written = yaml.safe_load((out / "config.yaml").read_text())
-    share = ChangeIndex.of(ChangeDataset(synth_root / "train")).share
+    index = ChangeIndex.of(ChangeDataset(synth_root / "train"))
+    share = index.sampled_share(0.5)  # the share the loss sees under the sampler, not the labels'
     assert written["loss"][0]["pos_weight"] == pytest.approx((1 - share) / share, rel=1e-3)
     assert written["data"]["sampler"] == "change_balanced"
     ckpt = torch.load(out / "model.ckpt", weights_only=True)

@@ -88,6 +88,19 @@ class ChangeIndex:
         total = int(self.valid.sum())
         return float(self.changed.sum()) / total if total else 0.0
 
+    def sampled_share(self, change_share: float) -> float:
+        """The change share a loss sees under :class:`ChangeBalancedSampler` with ``change_share``: expected
+        changed pixels over expected labelled pixels of a sample, a ``change_share`` of samples drawn from the
+        images holding change, the rest uniformly. Exact for pre-tiled data; a lower bound for crops centred on
+        change (a crop around a changed pixel holds more change than its image on average)."""
+        with_change = self.changed > 0
+        if not with_change.any() or not self.valid.sum():
+            return self.share
+        c = float(change_share)
+        changed = (1 - c) * self.changed.mean() + c * self.changed[with_change].mean()
+        valid = (1 - c) * self.valid.mean() + c * self.valid[with_change].mean()
+        return float(changed / valid) if valid else self.share
+
     @classmethod
     def of(cls, dataset: Any) -> ChangeIndex:
         """The index of a :class:`~changekit.data.datasets.ChangeDataset` (computed once, kept on it)."""

@@ -141,11 +141,17 @@ class ChangeTask(L.LightningModule):
 
     # ---------------------------------------------------------------- training
     def resolve_auto_loss(self, dataset: Any) -> None:
-        """Replace ``auto`` loss weights by numbers from ``dataset``'s change share, in the config itself (so the
-        run's config.yaml and checkpoints hold the numbers) and in the loss."""
+        """Replace automatic loss weights by numbers from the change share the loss will see in ``dataset`` (the
+        sampled share under ``data.sampler: change_balanced``), in the config itself (so the run's config.yaml and
+        checkpoints hold the numbers) and in the loss."""
         if not auto_terms(self.config["loss"]):
             return
-        for line in resolve_auto_weights(self.config["loss"], ChangeIndex.of(dataset).share):
+        index, data = ChangeIndex.of(dataset), self.config["data"]
+        share, source = index.share, "training change share"
+        if data.get("sampler") == "change_balanced":
+            share = index.sampled_share(data["change_share"])
+            source = f"change share as sampled (data.change_share {data['change_share']}; labels {index.share:.4f})"
+        for line in resolve_auto_weights(self.config["loss"], share, source=source):
             log.info("%s", line)
         self.loss_fn = build_loss(self.config["loss"])
 

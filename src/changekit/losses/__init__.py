@@ -16,10 +16,12 @@ Logit layouts (``ChangeOutput.change`` may have 1 or K channels):
   ``skip_empty=True`` scores classes absent from the target as 0 loss (smp's ``DiceLoss`` behaviour, which
   ClearSCD uses).
 
-``pos_weight: auto`` (``bce``) and ``class_weights: auto`` (``ce``, ``ohem_ce`` has none) are resolved from the
-training labels' change share ``s`` before a run starts (:func:`resolve_auto_weights`): ``pos_weight = (1 - s) /
-s`` and ``class_weights = [1 / (2 (1 - s)), 1 / (2 s)]`` (inverse class frequency, as Daudt et al. 2018 weight
-their loss), and the numbers replace ``auto`` in the run's config.
+``pos_weight`` (``bce``) and ``class_weights`` (``ce``; ``ohem_ce`` has none) accept ``auto`` and ``auto_sqrt``,
+resolved before a run starts from the change share ``s`` the loss sees (the training labels', or the sampled share
+under ``data.sampler: change_balanced``; :func:`resolve_auto_weights`): ``auto`` is inverse class frequency
+(``pos_weight = (1 - s) / s``, ``class_weights = [1 / (2 (1 - s)), 1 / (2 s)]``, as Daudt et al. 2018 weight their
+loss), ``auto_sqrt`` its square root (F1-oriented: the decision threshold stays near 0.5). The numbers replace
+the value in the run's config.
 
 Every loss ignores pixels whose target equals ``ignore_index`` (default 255), and a batch with no valid pixel
 gives a loss of exactly 0 (still attached to the graph), never NaN. Losses compute in float32 whatever the
@@ -28,11 +30,12 @@ logits' dtype.
 
 from __future__ import annotations
 
-from .auto import AUTO_PARAMS, auto_terms, resolve_auto_weights
+from .auto import AUTO_PARAMS, AUTO_POWERS, auto_terms, class_frequency_weights, is_auto, resolve_auto_weights
 from .composite import LOSSES, CompositeLoss, build_loss
 from .terms import TARGETS, BCELoss, CELoss, DiceLoss, FocalLoss, OHEMCELoss
 
 __all__ = [
-    "AUTO_PARAMS", "LOSSES", "TARGETS", "BCELoss", "CELoss", "CompositeLoss", "DiceLoss", "FocalLoss", "OHEMCELoss",
-    "auto_terms", "build_loss", "resolve_auto_weights",
+    "AUTO_PARAMS", "AUTO_POWERS", "LOSSES", "TARGETS", "BCELoss", "CELoss", "CompositeLoss", "DiceLoss", "FocalLoss",
+    "OHEMCELoss",
+    "auto_terms", "build_loss", "class_frequency_weights", "is_auto", "resolve_auto_weights",
 ]

@@ -11,7 +11,7 @@ from torch import nn
 
 from ..errors import ConfigError, LabelValueError, suggest
 from ..models.outputs import ChangeOutput
-from .auto import AUTO_PARAMS
+from .auto import AUTO_PARAMS, is_auto
 from .terms import TARGETS, BCELoss, CELoss, DiceLoss, FocalLoss, OHEMCELoss, _number
 
 log = logging.getLogger(__name__)
@@ -98,9 +98,9 @@ def build_loss(spec: list[dict[str, Any]], key: str = "loss") -> CompositeLoss:
                 f"{where} ({name}): unknown target '{target}'{suggest(str(target), TARGETS)}; "
                 f"known: {', '.join(TARGETS)}"
             )
-        if params.get(AUTO_PARAMS.get(name, "")) == "auto":
+        if is_auto(auto := params.get(AUTO_PARAMS.get(name, ""))):
             if target != "change":
-                raise ConfigError(f"{where} ({name}): {AUTO_PARAMS[name]}: auto is computed from the change mask; "
+                raise ConfigError(f"{where} ({name}): {AUTO_PARAMS[name]}: {auto} is computed from the change mask; "
                                   f"give numbers for target '{target}'")
             params[AUTO_PARAMS[name]] = None  # resolved from the training labels before training (auto_terms)
         cls = LOSSES[name]

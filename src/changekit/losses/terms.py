@@ -104,7 +104,8 @@ class CELoss(nn.Module):
         cw = None
         if class_weights is not None:
             if not isinstance(class_weights, list | tuple) or not class_weights:
-                raise ConfigError(f"parameter 'class_weights' must be a list of numbers, got {class_weights!r}")
+                raise ConfigError(f"parameter 'class_weights' must be a list of numbers, auto or auto_sqrt, "
+                                  f"got {class_weights!r}")
             cw = torch.tensor([_number("class_weights", w, 0.0) for w in class_weights], dtype=torch.float32)
         self.register_buffer("class_weights", cw, persistent=False)
 
