@@ -94,12 +94,12 @@ class ChangeIndex:
         images holding change, the rest uniformly. Exact for pre-tiled data; a lower bound for crops centred on
         change (a crop around a changed pixel holds more change than its image on average)."""
         with_change = self.changed > 0
-        if not with_change.any() or not self.valid.sum():
+        if not with_change.any():
             return self.share
-        c = float(change_share)
+        c = float(change_share)  # images holding change have valid pixels, so ``valid`` below is positive
         changed = (1 - c) * self.changed.mean() + c * self.changed[with_change].mean()
         valid = (1 - c) * self.valid.mean() + c * self.valid[with_change].mean()
-        return float(changed / valid) if valid else self.share
+        return float(changed / valid)
 
     @classmethod
     def of(cls, dataset: Any) -> ChangeIndex:
