@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+SLIDE_CKPT = "model_slide.ckpt"  # a run's exported weights with the benchmark's sliding-window evaluation
 LEVERS = ("schedule", "imbalance", "sampler", "augment", "radiometric", "pretrained", "threshold", "average")
 MODELS: dict[str, dict[str, Any]] = {
     "fc_ef": {"model": {"name": "fc_ef"}, "lr": 1e-3},
@@ -176,7 +177,7 @@ def run(bench: Benchmark, model: str, minutes: float, ablate: set[str], seed: in
     paths = prepare(bench, work, with_val="threshold" in levers)
     if tiles:
         paths["train"] = few_tiles(paths["train"], tiles, seed, work)
-    tag = f"{model}-{'-'.join(sorted(ablate)) or 'all'}-s{seed}{f'-t{tiles}' if tiles else ''}-{int(time.time())}"
+    tag = f"{run_prefix(model, ablate, seed, tiles)}-{int(time.time())}"
     cfg = build_config(model, levers, minutes, seed, paths, threads, class_weights)
     if tiles:  # epochs of one or two steps: validate every 100 steps, not after each epoch
         cfg["trainer"]["val_every_steps"] = 100
@@ -188,7 +189,7 @@ def run(bench: Benchmark, model: str, minutes: float, ablate: set[str], seed: in
     saved["trainer"].update(eval_mode="slide", eval_tile=bench.tile * 2, eval_stride=bench.tile * 2)
     net = build_model(saved["model"]["name"], **{k: v for k, v in saved["model"].items() if k != "name"})
     net.load_state_dict(weights)
-    slide_ckpt = save_checkpoint(work / "runs" / tag / "model_slide.ckpt", net, saved)
+    slide_ckpt = save_checkpoint(work / "runs" / tag / SLIDE_CKPT, net, saved)
     metrics = test(slide_ckpt, work / "runs" / tag / "heldout", data=paths["heldout"], report=False,
                    accelerator="cpu")
     record = {
@@ -207,19 +208,73 @@ def run(bench: Benchmark, model: str, minutes: float, ablate: set[str], seed: in
     return record
 
 
+def run_prefix(model: str, ablate: set[str] | Sequence[str], seed: int | str, tiles: int | None) -> str:
+    """The run folder's name before its start time: model, levers off, seed (``0+1`` for an ensemble) and tile
+    count."""
+    return f"{model}-{'-'.join(sorted(ablate)) or 'all'}-s{seed}{f'-t{tiles}' if tiles else ''}"
+
+
+def ensemble(bench: Benchmark, model: str, ablate: set[str], seeds: Sequence[int], work: Path, results: Path,
+             tiles: int | None = None) -> dict[str, Any]:
+    """Score the seed ensemble (``changekit ensemble``) of finished runs of one setting; append the record.
+
+    Each seed's newest run folder under ``work/runs`` and its record in ``results`` are used; the record sums
+    the members' training time and steps (the ensemble costs all of them)."""
+    from changekit.engine.ensemble import make_ensemble
+    from changekit.engine.evaluate import test
+
+    members, recs = [], []
+    for seed in seeds:
+        prefix = run_prefix(model, ablate, seed, tiles)
+        found = sorted(p for p in (work / "runs").glob(f"{prefix}-*") if (p / SLIDE_CKPT).is_file()
+                       and p.name[len(prefix) + 1:].isdigit())
+        rec = [r for r in _records(bench, results) if r["model"] == model and set(r["ablate"]) == ablate
+               and r["seed"] == seed and r.get("tiles") == tiles and not r.get("ensemble")]
+        if not found or not rec:
+            raise SystemExit(f"ensemble: no finished run {prefix} (run folder in {work / 'runs'} and record in "
+                             f"{results}); run it first")
+        members.append(found[-1] / SLIDE_CKPT)
+        recs.append(rec[-1])
+    folder = work / "runs" / f"{run_prefix(model, ablate, '+'.join(map(str, seeds)), tiles)}-{int(time.time())}"
+    info = make_ensemble(members, folder / "model.ckpt")
+    metrics = test(info["checkpoint"], folder / "heldout", data=_link_subset(bench.data, work / "heldout",
+                                                                             bench.heldout),
+                   report=False, accelerator="cpu")
+    record = {
+        "benchmark": bench.name, "model": model, "ablate": sorted(ablate), "seed": list(seeds), "ensemble": True,
+        "minutes": recs[0]["minutes"], "tiles": tiles, "max_epochs": recs[0].get("max_epochs"),
+        "class_weights": recs[0].get("class_weights"), "threads": recs[0].get("threads"),
+        "steps": sum(r["steps"] for r in recs), "epochs": sum(r["epochs"] for r in recs),
+        "train_wall_s": round(sum(r["train_wall_s"] for r in recs), 1), "members_f1": [r["f1"] for r in recs],
+        "threshold": metrics["threshold"], **{k: metrics[k] for k in ("precision", "recall", "f1", "iou")},
+        "heldout": bench.heldout, "date": time.strftime("%Y-%m-%d %H:%M"), "command": " ".join(sys.argv),
+    }
+    with results.open("a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+    print(json.dumps(record))
+    return record
+
+
+def _records(bench: Benchmark, results: Path) -> list[dict[str, Any]]:
+    if not results.is_file():
+        return []
+    recs = (json.loads(line) for line in results.read_text(encoding="utf-8").splitlines() if line.strip())
+    return [r for r in recs if r.get("benchmark") == bench.name]
+
+
 def render_table(bench: Benchmark, results: Path) -> str:
     """A markdown table of the results of ``bench`` (mean and spread over seeds), beside the anchor."""
     rows: dict[tuple[str, str, float], list[dict[str, Any]]] = {}
-    for line in results.read_text(encoding="utf-8").splitlines():
-        rec = json.loads(line)
-        if rec.get("benchmark") == bench.name:
-            off = ", ".join(rec["ablate"]) or "-"
-            if "imbalance" not in rec["ablate"] and rec.get("class_weights", "auto") == "auto":
-                off = f"{off}; inverse-frequency weights"  # runs before auto_sqrt became the lever's weights
-            off = off if not rec.get("tiles") else f"{off}; {rec['tiles']} tiles only"
-            if rec.get("max_epochs", 1000) < 1000:  # an early run whose epochs, not the budget, bound it
-                off = f"{off}; max {rec['max_epochs']} epochs"
-            rows.setdefault((rec["model"], off, rec["minutes"]), []).append(rec)
+    for rec in _records(bench, results):
+        off = ", ".join(rec["ablate"]) or "-"
+        if "imbalance" not in rec["ablate"] and rec.get("class_weights", "auto") == "auto":
+            off = f"{off}; inverse-frequency weights"  # runs before auto_sqrt became the lever's weights
+        off = off if not rec.get("tiles") else f"{off}; {rec['tiles']} tiles only"
+        if (rec.get("max_epochs") or 1000) < 1000:  # an early run whose epochs, not the budget, bound it
+            off = f"{off}; max {rec['max_epochs']} epochs"
+        if rec.get("ensemble"):  # one row per ensemble: its members' summed time and steps
+            off = f"{off}; ensemble of seeds {'+'.join(map(str, rec['seed']))}"
+        rows.setdefault((rec["model"], off, rec["minutes"]), []).append(rec)
     out = [f"Held-out: {', '.join(bench.heldout)}. {bench.split_note}", "",
            "| model | levers off | seeds | budget (min) | trained (min) | steps | precision | recall "
            "| F1 (mean +- sd) | best F1 |",
@@ -227,7 +282,8 @@ def render_table(bench: Benchmark, results: Path) -> str:
     for (model, off, _), recs in sorted(rows.items()):
         f1 = [r["f1"] for r in recs]
         sd = f" +- {statistics.stdev(f1):.3f}" if len(f1) > 1 else ""
-        out.append(f"| `{model}` | {off} | {len(recs)} | {recs[0]['minutes']:g} | "
+        seeds = sum(len(r["seed"]) if isinstance(r.get("seed"), list) else 1 for r in recs)
+        out.append(f"| `{model}` | {off} | {seeds} | {recs[0]['minutes']:g} | "
                    f"{statistics.mean(r['train_wall_s'] for r in recs) / 60:.1f} | "
                    f"{statistics.mean(r['steps'] for r in recs):.0f} | "
                    f"{statistics.mean(r['precision'] for r in recs):.3f} | "
@@ -245,14 +301,18 @@ def main(bench: Benchmark, argv: Sequence[str] | None = None) -> int:
     r = sub.add_parser("run", help="train and score one model with one set of levers")
     r.add_argument("--model", choices=sorted(MODELS), required=True)
     r.add_argument("--minutes", type=float, default=20.0, help="training budget (the benchmark's is 20)")
-    r.add_argument("--ablate", default="", help=f"comma-separated levers to switch off: {','.join(LEVERS)}")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--threads", type=int, default=2)
-    r.add_argument("--tiles", type=int, help="train on this many labelled tiles only (few-shot; see few_tiles)")
     r.add_argument("--weights", choices=("auto_sqrt", "auto"), default="auto_sqrt",
                    help="the imbalance lever's class weights: auto_sqrt, or auto (inverse frequency)")
-    r.add_argument("--work", type=Path, default=Path("/tmp") / f"changekit-{bench.name}")
-    for p in (r, sub.add_parser("table", help="render the results as markdown")):
+    e = sub.add_parser("ensemble", help="score the seed ensemble of finished runs of one setting")
+    e.add_argument("--model", choices=sorted(MODELS), required=True)
+    e.add_argument("--seeds", default="0,1", help="comma-separated seeds of finished runs (at least two)")
+    for p in (r, e):
+        p.add_argument("--ablate", default="", help=f"comma-separated levers to switch off: {','.join(LEVERS)}")
+        p.add_argument("--tiles", type=int, help="train on this many labelled tiles only (few-shot; see few_tiles)")
+        p.add_argument("--work", type=Path, default=Path("/tmp") / f"changekit-{bench.name}")
+    for p in (r, e, sub.add_parser("table", help="render the results as markdown")):
         p.add_argument("--results", type=Path, default=Path(__file__).parent / "results" / f"{bench.name}.jsonl")
     args = parser.parse_args(argv)
     if not (bench.data / "label").is_dir():
@@ -270,6 +330,15 @@ def main(bench: Benchmark, argv: Sequence[str] | None = None) -> int:
         parser.error(f"--work {args.work} is not a folder")
     if args.tiles is not None and args.tiles < 1:
         parser.error(f"--tiles: must be at least 1, got {args.tiles}")
+    if args.cmd == "ensemble":
+        try:
+            seeds = sorted({int(x) for x in args.seeds.split(",") if x.strip()})
+        except ValueError:
+            parser.error(f"--seeds: comma-separated integers, got {args.seeds!r}")
+        if len(seeds) < 2:
+            parser.error(f"--seeds: at least two seeds, got {args.seeds!r}")
+        ensemble(bench, args.model, ablate, seeds, args.work, args.results, args.tiles)
+        return 0
     run(bench, args.model, args.minutes, ablate, args.seed, args.work, args.results, args.threads, args.tiles,
         args.weights)
     return 0

@@ -103,13 +103,12 @@ def test_table_groups_runs_by_levers_budget_and_tiles(realdata: Any, tmp_path: P
     assert table[-1] == "| Someone 2020 | (published) | | | | | | | 0.5 | |"
 
 
-def test_run_trains_scores_and_appends_a_record(realdata: Any, tmp_path: Path) -> None:
-    """One short run end to end on generated images: the record is written and holds what the table reads."""
-    rng = np.random.default_rng(1)
-    data = tmp_path / "data"
+def _images(data: Path, names: tuple[str, ...], seed: int) -> Path:
+    """Whole 32x32 pairs in the A|B|label layout, each with one inverted rectangle labelled as change."""
+    rng = np.random.default_rng(seed)
     for sub in ("A", "B", "label"):
         (data / sub).mkdir(parents=True)
-    for name in ("a", "b", "c", "d"):
+    for name in names:
         a = rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)
         b, label = a.copy(), np.zeros((32, 32), np.uint8)
         b[8:16, 8:20] = 255 - b[8:16, 8:20]
@@ -117,6 +116,12 @@ def test_run_trains_scores_and_appends_a_record(realdata: Any, tmp_path: Path) -
         write_png(data / "A" / f"{name}.png", a)
         write_png(data / "B" / f"{name}.png", b)
         write_png(data / "label" / f"{name}.png", label)
+    return data
+
+
+def test_run_trains_scores_and_appends_a_record(realdata: Any, tmp_path: Path) -> None:
+    """One short run end to end on generated images: the record is written and holds what the table reads."""
+    data = _images(tmp_path / "data", ("a", "b", "c", "d"), seed=1)
     bench = realdata.Benchmark(name="demo", data=data, train=["a", "b", "c"], heldout=["d"], val=["c"], tile=16)
     results = tmp_path / "results.jsonl"
     record = realdata.run(bench, "fc_ef", 0.05, {"average"}, seed=0, work=tmp_path / "work", results=results,
@@ -128,3 +133,24 @@ def test_run_trains_scores_and_appends_a_record(realdata: Any, tmp_path: Path) -
     run_cfg = next((tmp_path / "work" / "runs").iterdir()) / "config.yaml"
     assert isinstance(yaml.safe_load(run_cfg.read_text())["loss"][0]["class_weights"], list)  # resolved numbers
     assert "`fc_ef` | average |" in realdata.render_table(bench, results)
+
+
+def test_ensemble_of_two_seeds_is_scored_and_tabled(realdata: Any, tmp_path: Path) -> None:
+    """``ensemble`` finds each seed's finished run, scores the probability-averaging checkpoint, and the table
+    shows it as one row carrying both seeds."""
+    data = _images(tmp_path / "data", ("a", "b", "d"), seed=2)
+    bench = realdata.Benchmark(name="demo", data=data, train=["a", "b"], heldout=["d"], tile=16)
+    results, work = tmp_path / "results.jsonl", tmp_path / "work"
+    with pytest.raises(SystemExit, match="no finished run fc_ef-threshold-s0"):
+        realdata.ensemble(bench, "fc_ef", {"threshold"}, [0, 1], work, results)
+    members = [realdata.run(bench, "fc_ef", 0.03, {"threshold"}, seed=s, work=work, results=results, threads=1)
+               for s in (0, 1)]
+    record = realdata.ensemble(bench, "fc_ef", {"threshold"}, [0, 1], work, results)
+    assert record["ensemble"] and record["seed"] == [0, 1] and 0.0 <= record["f1"] <= 1.0
+    assert record["steps"] == sum(m["steps"] for m in members)
+    assert record["members_f1"] == [m["f1"] for m in members]
+    table = realdata.render_table(bench, results)
+    assert "| `fc_ef` | threshold | 2 |" in table  # the two single-seed runs: one row, two seeds
+    assert "| `fc_ef` | threshold; ensemble of seeds 0+1 | 2 |" in table
+    with pytest.raises(SystemExit, match="2"):  # one seed is a usage error (argparse exits with 2)
+        realdata.main(bench, ["ensemble", "--model", "fc_ef", "--seeds", "0", "--work", str(work)])

@@ -207,13 +207,21 @@ def models(
 ) -> None:
     """List the registered models with their task and parameter count."""
     from .models import list_models, model_info
+    from .models.registry import get_builder
 
-    infos = [model_info(n) for n in list_models(filter_) if not n.startswith("_")]
+    names = [n for n in list_models(filter_) if not n.startswith("_")]
+    # a composite (the ensemble) has its members' task and parameters, not defaults of its own
+    made_by = {n: getattr(get_builder(n), "made_by", None) for n in names}
+    infos = [{"name": n, "task": None, "params": None, "made_by": made_by[n]} if made_by[n] else model_info(n)
+             for n in names]
     if as_json:
         typer.echo(json.dumps(infos, indent=2))
         return
     for i in infos:
-        typer.echo(f"{i['name']:<24} {i['task']:<9} {i['params']:>13,d}")
+        if i["params"] is None:
+            typer.echo(f"{i['name']:<24} {'members':<9} {'members':>13}  (made by `{i['made_by']}`)")
+        else:
+            typer.echo(f"{i['name']:<24} {i['task']:<9} {i['params']:>13,d}")
 
 
 @app.command()
