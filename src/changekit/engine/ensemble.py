@@ -19,6 +19,7 @@ from ..models.ensemble import member_kwargs
 from ..safety import check_output
 from .checkpoint import load_weights, read_checkpoint, save_checkpoint
 from .finish import decision_threshold
+from .options import check_threshold
 
 #: config["data"] keys that decide how a model reads its inputs; the members must agree on each
 INPUT_KEYS = ("task", "classes", "bands", "resolved_normalize", "tags")
@@ -54,8 +55,7 @@ def make_ensemble(checkpoints: Sequence[str | Path], out: str | Path, threshold:
     paths = [Path(p) for p in checkpoints]
     if len(paths) < 2:
         raise ConfigError(f"ensemble: give at least two checkpoints (got {len(paths)})")
-    if threshold is not None and not 0.0 <= float(threshold) <= 1.0:
-        raise ConfigError(f"--threshold: must be within [0, 1], got {threshold:g}")
+    check_threshold(threshold)
     out = check_output(out, inputs=paths, overwrite=overwrite, kind="file")
     read = [read_checkpoint(p) for p in paths]
     first = _input_contract(read[0][1])

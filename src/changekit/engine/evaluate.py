@@ -22,6 +22,7 @@ from ..safety import check_output, removes_new_folders
 from .checkpoint import load_checkpoint
 from .datamodule import ChangeDataModule
 from .finish import decision_threshold
+from .options import check_threshold
 from .task import ChangeTask
 from .validate import validate_run
 
@@ -130,8 +131,7 @@ def test(
     Raises:
         OutputError: ``out`` overlaps an input, or exists and ``overwrite`` is not set.
     """
-    if threshold is not None and not 0.0 <= float(threshold) <= 1.0:
-        raise ConfigError(f"--threshold: must be within [0, 1], got {threshold:g}")
+    check_threshold(threshold)
     model, cfg = load_checkpoint(ckpt)
     cfg = copy.deepcopy(cfg)
     if data is not None:

@@ -18,6 +18,12 @@ BLENDS = ("gaussian", "mean")
 RUNTIMES = ("torch", "onnx")
 
 
+def check_threshold(threshold: float | None) -> None:
+    """A ``--threshold`` given by the user is a probability: one error line otherwise (test, predict, ensemble)."""
+    if threshold is not None and not 0.0 <= float(threshold) <= 1.0:
+        raise ConfigError(f"--threshold: must be within [0, 1], got {threshold:g}")
+
+
 @dataclass
 class PredictOptions:
     """How pairs are cut into tiles, run and written.
@@ -104,8 +110,7 @@ class PredictOptions:
         if self.blend not in BLENDS:
             raise ConfigError(f"--blend: must be one of {', '.join(BLENDS)}, got {self.blend!r}"
                               f"{suggest(str(self.blend), BLENDS)}")
-        if self.threshold is not None and not 0.0 <= float(self.threshold) <= 1.0:
-            raise ConfigError(f"--threshold: must be within [0, 1], got {self.threshold:g}")
+        check_threshold(self.threshold)
         if self.runtime not in RUNTIMES:
             raise ConfigError(f"--runtime: must be one of {', '.join(RUNTIMES)}, got {self.runtime!r}"
                               f"{suggest(str(self.runtime), RUNTIMES)}")
