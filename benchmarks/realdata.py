@@ -223,12 +223,12 @@ def ensemble(bench: Benchmark, model: str, ablate: set[str], seeds: Sequence[int
     from changekit.engine.ensemble import make_ensemble
     from changekit.engine.evaluate import test
 
-    members, recs = [], []
+    members, recs, known = [], [], _records(bench, results)
     for seed in seeds:
         prefix = run_prefix(model, ablate, seed, tiles)
         found = sorted(p for p in (work / "runs").glob(f"{prefix}-*") if (p / SLIDE_CKPT).is_file()
                        and p.name[len(prefix) + 1:].isdigit())
-        rec = [r for r in _records(bench, results) if r["model"] == model and set(r["ablate"]) == ablate
+        rec = [r for r in known if r["model"] == model and set(r["ablate"]) == ablate
                and r["seed"] == seed and r.get("tiles") == tiles and not r.get("ensemble")]
         if not found or not rec:
             raise SystemExit(f"ensemble: no finished run {prefix} (run folder in {work / 'runs'} and record in "
